@@ -1,0 +1,169 @@
+"""The `xe-quiesce` command line (click 6.7 and newer)."""
+import json
+import sys
+import time
+
+import click
+
+from . import __version__, logbuffer
+from .config import ENV_VAR, load_config
+from .errors import QuiesceError
+from .journal import Journal, process_alive
+from .session import QuiesceSession, make_plan, thaw_from_journal
+
+
+def config_option(command):
+    return click.option(
+        "--config", "config_file", metavar="FILE", envvar=ENV_VAR,
+        help="Configuration file (default /etc/xe-quiesce/xe-quiesce.conf, or ${}).".format(
+            ENV_VAR))(command)
+
+
+def json_option(command):
+    return click.option("--json", "as_json", is_flag=True,
+                        help="Print machine-readable JSON.")(command)
+
+
+def _emit(data, as_json, human):
+    if as_json:
+        click.echo(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        human(data)
+
+
+def _journal(config, reconcile=True):
+    """The journal; leftovers of a dead session are reconciled first, as on every start."""
+    journal = Journal(config.state.run_dir)
+    if reconcile:
+        try:
+            closed = journal.reconcile()
+        except PermissionError:
+            closed = None  # not root: nothing of ours can be frozen by this user
+        if closed:
+            click.echo("xe-quiesce: earlier session {} ({}): {}".format(
+                closed["session"], closed.get("trigger"), closed["message"]), err=True)
+    return journal
+
+
+@click.group()
+@click.version_option(__version__, prog_name="xe-quiesce")
+@click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
+def cli(verbose):
+    """Quiesce this Xen guest's filesystems for application-consistent snapshots."""
+    logbuffer.setup_logging(verbose)
+
+
+@cli.command()
+@config_option
+@json_option
+@click.option("--root", default="/", metavar="DIR",
+              help="Read /proc and /sys under DIR (a tree captured from another guest).")
+def plan(config_file, as_json, root):
+    """Show what a snapshot would freeze, in which order, and what is skipped and why."""
+    config = load_config(config_file)
+    if root == "/":
+        _journal(config)
+    _emit(make_plan(config, root=root).to_dict(), as_json, _print_plan)
+
+
+def _print_plan(data):
+    click.echo("Would freeze {} filesystem(s); those not ordered below freeze "
+               "concurrently.".format(len(data["filesystems"])))
+    for fs in data["filesystems"]:
+        vbds = ",".join(str(vbd) for vbd in fs["vbds"]) or "-"
+        click.echo("  {:<24} {:<6} vbd {:<12} {}".format(
+            fs["mount_point"], fs["fstype"], vbds, fs["stack"]))
+    if data["order"]:
+        click.echo("Order:")
+        for edge in data["order"]:
+            click.echo("  {} before {}: {}".format(edge["first"], edge["then"], edge["reason"]))
+    if data["skipped"]:
+        click.echo("Skipped:")
+        for skip in data["skipped"]:
+            click.echo("  {:<24} {:<8} {}".format(skip["mount_point"], skip["fstype"],
+                                                   skip["reason"]))
+
+
+@cli.command()
+@config_option
+@json_option
+@click.option("--timeout", type=float, metavar="S",
+              help="Thaw by itself after S seconds (default: [freeze] max-frozen).")
+def freeze(config_file, as_json, timeout):
+    """Freeze now and return; `thaw` or the deadline thaws."""
+    config = load_config(config_file)
+    if timeout is not None and not 0 < timeout <= config.freeze.max_frozen:
+        raise QuiesceError("--timeout must be between 0 and [freeze] max-frozen ({:g} s)".format(
+            config.freeze.max_frozen))
+    session = QuiesceSession(config, "cli", journal=_journal(config))
+    summary = session.start(timeout)
+    session.detach()
+    _emit(summary, as_json, _print_frozen)
+
+
+def _print_frozen(summary):
+    click.echo("Frozen: {} (session {}); thawed by `xe-quiesce thaw` or in {:.0f} s.".format(
+        " ".join(summary["frozen"]) or "nothing", summary["session"],
+        summary["deadline"] - time.time()))
+    for point in summary["unsupported"]:
+        click.echo("  {}: freezing not supported, skipped".format(point))
+    for point in summary["busy_tolerated"]:
+        click.echo("  {}: already frozen by someone else, left alone".format(point))
+
+
+@cli.command()
+@config_option
+@json_option
+def thaw(config_file, as_json):
+    """Thaw what a session froze (idempotent: nothing frozen is not an error)."""
+    config = load_config(config_file)
+    closed = thaw_from_journal(_journal(config))
+    result = closed or {"result": "nothing-frozen", "message": "nothing was frozen"}
+    _emit(result, as_json, lambda data: click.echo("{}: {}".format(
+        data["result"], data.get("message") or "thawed")))
+
+
+@cli.command()
+@config_option
+@json_option
+def status(config_file, as_json):
+    """Show what is frozen now, the time left, and the last result of each trigger."""
+    config = load_config(config_file)
+    journal = _journal(config)
+    state = journal.active()
+    data = {"version": __version__, "active": None, "last": journal.last_results()}
+    if state:
+        data["active"] = {
+            "session": state["session"], "trigger": state.get("trigger"),
+            "status": state.get("status"), "mounts": [m["mount_point"] for m in state["mounts"]],
+            "seconds_left": max(0.0, state["deadline"] - time.time()),
+            "guard_running": process_alive(state.get("guard_process")),
+        }
+    _emit(data, as_json, _print_status)
+
+
+def _print_status(data):
+    active = data["active"]
+    if active:
+        click.echo("Frozen by a {} session ({}): {}; {:.0f} s left.".format(
+            active["trigger"], active["session"], " ".join(active["mounts"]) or "-",
+            active["seconds_left"]))
+    else:
+        click.echo("Nothing frozen.")
+    for trigger, last in sorted(data["last"].items()):
+        click.echo("Last {} session {}: {}{}".format(
+            trigger, last.get("session"), last.get("result"),
+            " ({})".format(last["message"]) if last.get("message") else ""))
+
+
+def main():
+    """Entry point: user errors are one line and exit status 1, never a traceback."""
+    try:
+        cli(prog_name="xe-quiesce")
+    except QuiesceError as error:
+        click.echo("xe-quiesce: error: {}".format(error), err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

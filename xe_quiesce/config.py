@@ -1,0 +1,191 @@
+"""The agent's INI configuration: one schema, parsed once, every bad value a clear error.
+
+The schema is a table so that the parser, the defaults and the error messages cannot
+drift apart. Unknown keys are errors: a typo such as `max_frozen` silently ignored
+would leave the admin believing in a limit that is not there.
+"""
+import configparser
+import ipaddress
+import os
+import shlex
+import types
+
+from .errors import ConfigError
+
+DEFAULT_PATH = "/etc/xe-quiesce/xe-quiesce.conf"
+ENV_VAR = "XE_QUIESCE_CONFIG"
+HOOK_SECTION_PREFIX = "hook:"
+
+
+def _seconds(text):
+    value = float(text)
+    if not 0 < value <= 86400:
+        raise ValueError("must be a number of seconds between 0 and 86400")
+    return value
+
+
+def _words(text):
+    return shlex.split(text)
+
+
+def _networks(text):
+    return [ipaddress.ip_network(word, strict=False) for word in text.replace(",", " ").split()]
+
+
+def _port(text):
+    value = int(text)
+    if not 0 < value < 65536:
+        raise ValueError("must be a TCP port between 1 and 65535")
+    return value
+
+
+def _bool(text):
+    lowered = text.strip().lower()
+    if lowered in ("yes", "true", "on", "1"):
+        return True
+    if lowered in ("no", "false", "off", "0"):
+        return False
+    raise ValueError("must be yes or no")
+
+
+def _choice(*allowed):
+    def parse(text):
+        if text not in allowed:
+            raise ValueError("must be one of: " + ", ".join(allowed))
+        return text
+    return parse
+
+
+def _text(text):
+    return text.strip()
+
+
+# section -> key -> (parser, default). Attribute names are the keys with '-' -> '_'.
+SCHEMA = {
+    "freeze": {
+        "mounts": (_words, []),
+        "include": (_words, []),
+        "exclude": (_words, []),
+        "max-frozen": (_seconds, 60.0),
+        "on-ebusy": (_choice("fail", "tolerate"), "fail"),
+        "sync-first": (_bool, True),
+        "concurrent": (_bool, True),
+    },
+    "hooks": {
+        "dir": (_text, "/etc/xe-quiesce/hooks.d"),
+        "timeout": (_seconds, 30.0),
+    },
+    "xenstore": {
+        "uri": (_text, "xenbus"),
+        "domain-path": (_text, ""),
+        "request-timeout": (_seconds, 10.0),
+    },
+    "xo-sync-hook": {
+        "allow-from": (_networks, []),
+        "secret-file": (_text, ""),
+        "port": (_port, 1727),
+        "address": (_text, ""),
+        "cert-file": (_text, ""),
+        "key-file": (_text, ""),
+    },
+    "state": {
+        "run-dir": (_text, "/run/xe-quiesce"),
+    },
+}
+
+# Per-hook sections, "[hook:NAME]", may override these keys of [hooks].
+HOOK_KEYS = {"timeout": _seconds}
+
+
+def _attr(key):
+    return key.replace("-", "_")
+
+
+def _defaults():
+    sections = {}
+    for section, keys in SCHEMA.items():
+        values = {_attr(key): default for key, (_parser, default) in keys.items()}
+        sections[section] = types.SimpleNamespace(**values)
+    return sections
+
+
+class Config(object):
+    """The parsed configuration: `config.freeze.max_frozen`, `config.xo.port`, ...
+
+    `hook_overrides` maps a hook file name to its own settings (e.g. its timeout).
+    """
+
+    def __init__(self, path, sections, hook_overrides):
+        self.path = path
+        self.freeze = sections["freeze"]
+        self.hooks = sections["hooks"]
+        self.xenstore = sections["xenstore"]
+        self.xo = sections["xo-sync-hook"]
+        self.state = sections["state"]
+        self.hook_overrides = hook_overrides
+
+    def hook_timeout(self, name):
+        """The timeout of one hook: its own [hook:NAME] value, else [hooks] timeout."""
+        return self.hook_overrides.get(name, {}).get("timeout", self.hooks.timeout)
+
+
+def config_path(explicit=None, environ=None):
+    """Which file to read: --config, then $XE_QUIESCE_CONFIG, then the default path."""
+    environ = os.environ if environ is None else environ
+    return explicit or environ.get(ENV_VAR) or DEFAULT_PATH
+
+
+def load_config(explicit=None, environ=None):
+    """Read the configuration; a missing *default* file means all defaults.
+
+    A file named by --config or the environment must exist: a path typed wrong there
+    would otherwise run with defaults the admin did not choose.
+    """
+    path = config_path(explicit, environ)
+    named = path != DEFAULT_PATH
+    try:
+        with open(path) as handle:
+            text = handle.read()
+    except FileNotFoundError:
+        if named:
+            raise ConfigError("{}: no such configuration file".format(path))
+        text = ""
+    except OSError as error:
+        raise ConfigError("{}: cannot read: {}".format(path, error.strerror))
+    return parse_config(text, path)
+
+
+def parse_config(text, path="<config>"):
+    parser = configparser.ConfigParser(interpolation=None, default_section="\0none")
+    parser.optionxform = str
+    try:
+        parser.read_string(text, source=path)
+    except configparser.Error as error:
+        raise ConfigError("{}: {}".format(path, " ".join(str(error).split())))
+    sections = _defaults()
+    hook_overrides = {}
+    for section in parser.sections():
+        if section.startswith(HOOK_SECTION_PREFIX):
+            name = section[len(HOOK_SECTION_PREFIX):]
+            hook_overrides[name] = _parse_section(parser, path, section, HOOK_KEYS)
+            continue
+        if section not in SCHEMA:
+            raise ConfigError("{}: unknown section [{}]".format(path, section))
+        parsers = {key: parser_ for key, (parser_, _default) in SCHEMA[section].items()}
+        for attr, value in _parse_section(parser, path, section, parsers).items():
+            setattr(sections[section], _attr(attr), value)
+    return Config(path, sections, hook_overrides)
+
+
+def _parse_section(parser, path, section, parsers):
+    values = {}
+    for key, raw in parser.items(section):
+        if key not in parsers:
+            raise ConfigError("{}: [{}] {}: unknown key (known: {})".format(
+                path, section, key, ", ".join(sorted(parsers))))
+        try:
+            values[key] = parsers[key](raw)
+        except ValueError as error:
+            raise ConfigError("{}: [{}] {} = {!r}: {}".format(
+                path, section, key, raw, error))
+    return values

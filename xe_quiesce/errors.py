@@ -1,0 +1,17 @@
+"""The errors that end a command with one clear line instead of a traceback."""
+
+
+class QuiesceError(Exception):
+    """An error the admin can act on; its message is printed as is."""
+
+
+class ConfigError(QuiesceError):
+    """A configuration file or value that cannot be used."""
+
+
+class FreezeError(QuiesceError):
+    """A filesystem could not be frozen; whatever this session froze is thawed again."""
+
+
+class BusyError(QuiesceError):
+    """Another quiesce session owns the guest's filesystems."""

@@ -1,0 +1,213 @@
+"""Freeze the planned filesystems, hold them, thaw exactly what this session froze.
+
+The window that applications feel runs from the first FIFREEZE to the last FITHAW, so
+everything that can happen before it does: the fds are opened and checked, and each
+filesystem is `syncfs`ed while applications still run (a freeze then has little left to
+flush). Filesystems the plan does not order are frozen concurrently, one thread each.
+Thaw is in reverse plan order through the same fds, and only of what this session froze:
+a filesystem someone else had frozen (tolerated EBUSY) stays theirs.
+"""
+import errno
+import logging
+import threading
+import time
+
+from .errors import FreezeError
+from .fsops import FsOps
+
+log = logging.getLogger(__name__)
+
+FROZEN = "frozen"
+UNSUPPORTED = "unsupported"
+TOLERATED = "busy-tolerated"
+FAILED = "failed"
+NOT_ATTEMPTED = "not-attempted"
+THAWED = "thawed"
+
+
+class FsState(object):
+    """One planned filesystem through the session, with the timestamps benchmarks read."""
+
+    def __init__(self, index, fs):
+        self.index = index
+        self.fs = fs
+        self.mount_point = fs.mount_point
+        self.fd = None
+        self.status = NOT_ATTEMPTED
+        self.error = None
+        self.freeze_start = self.frozen_at = self.thaw_start = self.thawed_at = None
+
+    def to_dict(self):
+        return {"mount_point": self.mount_point, "devno": self.fs.devno,
+                "fstype": self.fs.fstype, "status": self.status, "error": self.error}
+
+
+def _errname(error):
+    return "{} ({})".format(errno.errorcode.get(error.errno, error.errno), error.strerror)
+
+
+class Freezer(object):
+    def __init__(self, plan, ops=None, sync_first=True, concurrent=True, on_ebusy="fail"):
+        self.plan = plan
+        self.ops = ops or FsOps()
+        self.sync_first = sync_first
+        self.concurrent = concurrent
+        self.on_ebusy = on_ebusy
+        self.states = [FsState(index, fs) for index, fs in enumerate(plan.filesystems)]
+        self._threads = []
+
+    @property
+    def fds(self):
+        return [state.fd for state in self.states]
+
+    @property
+    def mount_points(self):
+        return [state.mount_point for state in self.states]
+
+    def frozen(self):
+        return [state for state in self.states if state.status == FROZEN]
+
+    def open(self):
+        """Open every mount point and prove each fd reaches the planned mount."""
+        try:
+            for state in self.states:
+                state.fd = self.ops.open(state.mount_point)
+                self._check_mount(state)
+        except OSError as error:
+            self.close()
+            raise FreezeError("{}: cannot open: {}".format(state.mount_point, _errname(error)))
+        except FreezeError:
+            self.close()
+            raise
+
+    def _check_mount(self, state):
+        mount_id = self.ops.mount_id(state.fd)
+        if mount_id is not None:
+            planned = {entry.mount_id for entry in state.fs.entries}
+            ok = mount_id in planned
+        else:
+            ok = "{}:{}".format(*self.ops.device(state.fd)) == state.fs.devno
+        if not ok:
+            raise FreezeError("{}: no longer the planned {} filesystem (unmounted or "
+                              "replaced since planning); nothing frozen".format(
+                                  state.mount_point, state.fs.fstype))
+
+    def sync(self):
+        """Flush every filesystem concurrently before the window opens."""
+        if not self.sync_first:
+            return
+        self._run_all(self._sync_one, ordered=False)
+
+    def _sync_one(self, state):
+        try:
+            self.ops.syncfs(state.fd)
+        except OSError as error:
+            log.warning("%s: syncfs failed (%s); the freeze will flush it", state.mount_point,
+                        _errname(error))
+
+    def freeze(self, guard, deadline):
+        """Freeze all; on any failure thaw what was frozen and raise FreezeError.
+
+        `guard` is told about each fd before its FIFREEZE, so a freeze that completes
+        after this process died is still undone; `deadline` is epoch seconds.
+        """
+        self._abort = threading.Event()
+        self._done = {state.fs.devno: threading.Event() for state in self.states}
+        self._guard = guard
+        self._run_all(self._freeze_one, ordered=True, deadline=deadline)
+        stuck = [state for state in self.states if state.status == NOT_ATTEMPTED
+                 and state.freeze_start is not None]
+        failed = [state for state in self.states if state.status == FAILED] + stuck
+        for state in stuck:
+            state.error = "FIFREEZE did not return before the deadline"
+        if failed:
+            self.thaw()
+            raise FreezeError("; ".join("{}: freeze failed: {}".format(
+                state.mount_point, state.error) for state in failed) +
+                "; everything this session froze is thawed again")
+        for state in self.states:
+            if state.status == UNSUPPORTED:
+                log.info("%s: %s does not support freezing; skipped", state.mount_point,
+                         state.fs.fstype)
+            elif state.status == TOLERATED:
+                log.warning("%s was already frozen by someone else; left to them "
+                            "(on-ebusy = tolerate)", state.mount_point)
+        return self.frozen()
+
+    def _freeze_one(self, state):
+        for devno in self.plan.prerequisites[state.fs.devno]:
+            self._done[devno].wait()
+        try:
+            if self._abort.is_set():
+                return
+            self._guard.announce(state.index)
+            state.freeze_start = time.monotonic()
+            try:
+                self.ops.freeze(state.fd)
+            except OSError as error:
+                self._guard.retract(state.index)
+                self._classify_failure(state, error)
+            else:
+                state.frozen_at = time.monotonic()
+                state.status = FROZEN
+        except FreezeError as error:
+            state.status, state.error = FAILED, str(error)
+            self._abort.set()
+        finally:
+            self._done[state.fs.devno].set()
+
+    def _classify_failure(self, state, error):
+        if error.errno in (errno.EOPNOTSUPP, errno.ENOTTY):
+            state.status = UNSUPPORTED
+        elif error.errno == errno.EBUSY and self.on_ebusy == "tolerate":
+            state.status = TOLERATED
+        else:
+            state.status, state.error = FAILED, _errname(error)
+            if error.errno == errno.EBUSY:
+                state.error += ": already frozen by someone else (set [freeze] on-ebusy = tolerate to go on)"
+            self._abort.set()
+
+    def _run_all(self, work, ordered, deadline=None):
+        """Run `work` for every state: in threads when concurrent, else in plan order."""
+        if not self.concurrent or len(self.states) < 2:
+            for state in self.states:
+                work(state)
+            return
+        threads = [threading.Thread(target=work, args=(state,), daemon=True,
+                                    name="xe-quiesce-{}".format(state.index))
+                   for state in self.states]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(None if deadline is None else max(0.0, deadline - time.time()))
+        self._threads = [thread for thread in threads if thread.is_alive()]
+
+    def stuck(self):
+        """Threads still inside a FIFREEZE: the guard must not be released yet."""
+        self._threads = [thread for thread in self._threads if thread.is_alive()]
+        return bool(self._threads)
+
+    def thaw(self):
+        """Thaw in reverse plan order; returns the problems (thaw never raises)."""
+        problems = []
+        for state in reversed(self.states):
+            if state.status != FROZEN:
+                continue
+            state.thaw_start = time.monotonic()
+            try:
+                was_frozen = self.ops.thaw(state.fd)
+            except OSError as error:
+                state.error = _errname(error)
+                problems.append("{}: thaw failed: {}".format(state.mount_point, state.error))
+                continue
+            state.thawed_at = time.monotonic()
+            state.status = THAWED
+            if not was_frozen:
+                state.error = "already thawed (by the deadline guard?)"
+        return problems
+
+    def close(self):
+        for state in self.states:
+            if state.fd is not None:
+                self.ops.close(state.fd)
+                state.fd = None

@@ -1,0 +1,151 @@
+"""The session journal in the run directory, and reconciliation after a crash.
+
+`state.json` says what the current (or last) session froze, who owns it, its deadline and
+its guard; it is replaced atomically, so a crash leaves either the old or the new state.
+`last.json` keeps the last result per trigger for `status`. The run directory lives on
+tmpfs (/run): writing there never touches a filesystem we freeze.
+
+Every command starts with `reconcile()`: a session whose owner and guard are both gone
+while the journal says frozen is thawed from the journal's own list of mounts.
+"""
+import errno
+import json
+import os
+import time
+
+import psutil
+
+from .errors import QuiesceError
+from .fsops import FsOps
+
+ACTIVE = ("quiescing", "frozen", "thawing")
+
+
+def process_identity(pid):
+    """(pid, start time): a pid alone may be reused by the time we look again."""
+    try:
+        return [pid, psutil.Process(pid).create_time()]
+    except psutil.Error:
+        return [pid, None]
+
+
+def process_alive(identity):
+    if not identity or identity[0] is None:
+        return False
+    pid, started = identity
+    try:
+        process = psutil.Process(pid)
+        return started is None or abs(process.create_time() - started) < 0.01
+    except psutil.Error:
+        return False
+
+
+class Journal(object):
+    def __init__(self, run_dir, ops=None):
+        self.run_dir = run_dir
+        self.ops = ops or FsOps()
+        self.state_path = os.path.join(run_dir, "state.json")
+        self.last_path = os.path.join(run_dir, "last.json")
+
+    def ensure_dir(self):
+        try:
+            os.makedirs(self.run_dir, mode=0o700, exist_ok=True)
+            os.chmod(self.run_dir, 0o700)
+        except OSError as error:
+            raise QuiesceError("run directory {}: {}".format(self.run_dir, error.strerror))
+
+    def guard_report_path(self, session_id):
+        return os.path.join(self.run_dir, "guard-{}.json".format(session_id))
+
+    def _load(self, path):
+        try:
+            with open(path) as handle:
+                return json.load(handle)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as error:
+            return {"status": "unreadable", "message": "{}: {}".format(path, error)}
+
+    def _store(self, path, data):
+        tmp = "{}.{}.tmp".format(path, os.getpid())
+        with open(tmp, "w") as handle:
+            json.dump(data, handle, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+
+    def read(self):
+        return self._load(self.state_path)
+
+    def write(self, state):
+        self.ensure_dir()
+        state["updated"] = time.time()
+        self._store(self.state_path, state)
+
+    def last_results(self):
+        return self._load(self.last_path) or {}
+
+    def finish(self, state, result, message=""):
+        """Record the session's outcome in the state and in the per-trigger results."""
+        state.update(status=result, result=result, message=message, finished=time.time())
+        report = self.guard_report(state["session"])
+        if report:
+            state["guard"] = report
+        self.write(state)
+        results = self.last_results()
+        results[state.get("trigger", "unknown")] = {
+            key: state.get(key) for key in
+            ("session", "result", "message", "started", "finished", "mounts", "guard")}
+        self._store(self.last_path, results)
+        try:
+            os.unlink(self.guard_report_path(state["session"]))
+        except OSError:
+            pass
+
+    def active(self):
+        """The journal's session if it is still live (owner or guard running), else None."""
+        state = self.read()
+        if not state or state.get("status") not in ACTIVE:
+            return None
+        if process_alive(state.get("owner")) or process_alive(state.get("guard_process")):
+            return state
+        return None
+
+    def guard_report(self, session_id):
+        return self._load(self.guard_report_path(session_id))
+
+    def reconcile(self, result="reconciled"):
+        """Thaw and close a session whose owner and guard died; returns it, or None.
+
+        `result` names the outcome: "reconciled" after a crash, "thawed" when `thaw`
+        asked the guard to act and this only closes the books.
+        """
+        state = self.read()
+        if not state or state.get("status") not in ACTIVE or self.active():
+            return None
+        thawed, errors = [], {}
+        for mount in reversed(state.get("mounts", [])):
+            point = mount["mount_point"]
+            try:
+                fd = self.ops.open(point)
+            except OSError as error:
+                errors[point] = "cannot open: {}".format(error.strerror)
+                continue
+            try:
+                if self.ops.mount_id(fd) in mount.get("mount_ids", []) and self.ops.thaw(fd):
+                    thawed.append(point)
+            except OSError as error:
+                errors[point] = errno.errorcode.get(error.errno, str(error.errno))
+            finally:
+                self.ops.close(fd)
+        report = self.guard_report(state["session"])
+        if thawed:
+            message = "the session's process and its guard died; thawed now: {}".format(
+                ", ".join(thawed))
+        elif report and report.get("thawed"):
+            message = "the deadline guard thawed {} ({})".format(
+                ", ".join(report["thawed"]), report.get("reason"))
+        else:
+            message = "the session's process ended; nothing was left frozen"
+        if errors:
+            message += "; errors: " + ", ".join("{}: {}".format(*item) for item in errors.items())
+        self.finish(state, result, message)
+        return state

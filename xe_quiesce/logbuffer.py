@@ -1,0 +1,72 @@
+"""Logging that cannot deadlock the guest: records wait in memory while anything is frozen.
+
+stderr may be a file on a filesystem we froze (a redirected cron job, a log file), and a
+write there blocks until the thaw, which this very process has to do. So while a session
+holds filesystems frozen, records go to a bounded buffer and are written after the thaw.
+"""
+import collections
+import logging
+import sys
+import threading
+
+CAPACITY = 2000
+
+
+class LogGate(logging.Handler):
+    """A handler that passes records to `target`, or buffers them while held."""
+
+    def __init__(self, target, capacity=CAPACITY):
+        logging.Handler.__init__(self)
+        self.target = target
+        self.buffer = collections.deque(maxlen=capacity)
+        self.dropped = 0
+        self.held = False
+        self._gate = threading.Lock()
+
+    def hold(self):
+        with self._gate:
+            self.held = True
+
+    def release(self):
+        """Open the gate and write what was buffered, oldest first."""
+        with self._gate:
+            self.held = False
+            pending, self.buffer = list(self.buffer), collections.deque(maxlen=self.buffer.maxlen)
+            dropped, self.dropped = self.dropped, 0
+        if dropped:
+            self.target.handle(logging.makeLogRecord({
+                "name": __name__, "levelno": logging.WARNING, "levelname": "WARNING",
+                "msg": "%d log records were dropped while frozen", "args": (dropped,)}))
+        for record in pending:
+            self.target.handle(record)
+
+    def emit(self, record):
+        with self._gate:
+            if self.held:
+                if len(self.buffer) == self.buffer.maxlen:
+                    self.dropped += 1
+                self.buffer.append(record)
+                return
+        self.target.handle(record)
+
+
+_gate = None
+
+
+def setup_logging(verbose=False):
+    """Route the package's logs through one gate to stderr (the journal under systemd)."""
+    global _gate
+    if _gate is None:
+        stream = logging.StreamHandler(sys.stderr)
+        stream.setFormatter(logging.Formatter("xe-quiesce: %(levelname)s: %(message)s"))
+        _gate = LogGate(stream)
+        logger = logging.getLogger("xe_quiesce")
+        logger.addHandler(_gate)
+        logger.propagate = False
+    logging.getLogger("xe_quiesce").setLevel(logging.DEBUG if verbose else logging.INFO)
+    return _gate
+
+
+def gate():
+    """The process's gate (set up on first use)."""
+    return _gate or setup_logging()

@@ -1,0 +1,249 @@
+"""One quiesce session: hooks -> freeze -> hold under a deadline -> thaw -> undo hooks.
+
+Every trigger (xenstore, Xen Orchestra's hook, the CLI) runs exactly this; the session
+knows nothing of who asked. Its safety rules:
+- the deadline is fixed before anything runs, covers the hooks, and is enforced by the
+  guard process, which is armed before the first FIFREEZE;
+- every error path thaws, aborts the hooks that ran, and records the outcome;
+- nothing is written to a planned filesystem while frozen: logs wait in memory, the
+  journal and guard report live in the run directory, which must not be planned.
+"""
+import fcntl
+import os
+import time
+import uuid
+
+from . import logbuffer
+from .blockdev import BlockTopology
+from .discovery import discover
+from .errors import BusyError, FreezeError, QuiesceError
+from .freezer import TOLERATED, UNSUPPORTED, Freezer
+from .fsops import FsOps
+from .guard import Guard, request_thaw, wait_gone
+from .journal import Journal, process_alive, process_identity
+from .plan import build_plan
+
+GUARD_EXIT_WAIT = 5.0
+
+
+def make_plan(config, root="/"):
+    """Discover and order what a session of this configuration would freeze."""
+    discovery = discover(config.freeze, root=root)
+    return build_plan(discovery, BlockTopology(root=root))
+
+
+def busy_message(state):
+    left = state.get("deadline", 0) - time.time()
+    return "a {} session ({}) is {}; {:.0f} s left before its deadline".format(
+        state.get("trigger"), state.get("session"), state.get("status"), max(0, left))
+
+
+class RunLock(object):
+    """An flock in the run directory, so two processes cannot start sessions at once."""
+
+    def __init__(self, run_dir):
+        self.path = os.path.join(run_dir, "lock")
+
+    def __enter__(self):
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        os.close(self.fd)
+
+
+class QuiesceSession(object):
+    def __init__(self, config, trigger, plan=None, journal=None, ops=None, hooks=None):
+        self.config = config
+        self.trigger = trigger
+        self.ops = ops or FsOps()
+        self.journal = journal or Journal(config.state.run_dir, ops=self.ops)
+        self.plan = plan
+        self.hooks = hooks
+        self.session_id = uuid.uuid4().hex[:12]
+        self.state = None
+        self.freezer = None
+        self.guard = None
+        self.hooks_ran = []
+        self.gate = logbuffer.gate()
+
+    @property
+    def deadline(self):
+        return self.state["deadline"] if self.state else None
+
+    def start(self, timeout=None):
+        """Run hooks and freeze; returns with everything frozen, or raises having undone it."""
+        self.journal.ensure_dir()
+        with RunLock(self.config.state.run_dir):
+            self.journal.reconcile()
+            active = self.journal.active()
+            if active:
+                raise BusyError(busy_message(active))
+            if self.plan is None:
+                self.plan = make_plan(self.config)
+            self._refuse_run_dir_on_plan()
+            timeout = timeout or self.config.freeze.max_frozen
+            now = time.time()
+            self.state = {
+                "session": self.session_id, "trigger": self.trigger, "status": "quiescing",
+                "owner": process_identity(os.getpid()), "started": now,
+                "deadline": now + timeout, "mounts": [], "hooks_run": [], "result": None,
+            }
+            self.journal.write(self.state)
+        try:
+            self._run_freeze_hooks()
+            self._freeze()
+        except BaseException as error:
+            self._fail(error)
+            raise
+        self.state["status"] = "frozen"
+        self.state["mounts"] = [
+            {"mount_point": s.mount_point, "devno": s.fs.devno,
+             "mount_ids": [e.mount_id for e in s.fs.entries]}
+            for s in self.freezer.frozen()]
+        self.journal.write(self.state)
+        return self.summary()
+
+    def _refuse_run_dir_on_plan(self):
+        fd = self.ops.open(self.config.state.run_dir)
+        try:
+            mount_id = self.ops.mount_id(fd)
+        finally:
+            self.ops.close(fd)
+        for fs in self.plan.filesystems:
+            if mount_id in {entry.mount_id for entry in fs.entries}:
+                raise QuiesceError("[state] run-dir {} is on {}, which would be frozen; use a "
+                                   "tmpfs such as /run".format(self.config.state.run_dir,
+                                                               fs.mount_point))
+
+    def _run_freeze_hooks(self):
+        if self.hooks is None:
+            return
+        self.hooks_ran = self.hooks.freeze(self.hook_environment(), self.state["deadline"])
+        self.state["hooks_run"] = list(self.hooks_ran)
+        self.journal.write(self.state)
+
+    def hook_environment(self):
+        return {
+            "XE_QUIESCE_SESSION": self.session_id,
+            "XE_QUIESCE_TRIGGER": self.trigger,
+            "XE_QUIESCE_DEADLINE": "{:.0f}".format(self.state["deadline"]),
+            "XE_QUIESCE_MOUNTS": " ".join(fs.mount_point for fs in self.plan.filesystems),
+        }
+
+    def _freeze(self):
+        if time.time() >= self.state["deadline"]:
+            raise FreezeError("the session deadline passed before freezing")
+        self.freezer = Freezer(self.plan, ops=self.ops,
+                               sync_first=self.config.freeze.sync_first,
+                               concurrent=self.config.freeze.concurrent,
+                               on_ebusy=self.config.freeze.on_ebusy)
+        self.freezer.open()
+        self.freezer.sync()
+        self.guard = Guard.start(self.freezer.fds, self.freezer.mount_points,
+                                 self.state["deadline"],
+                                 self.journal.guard_report_path(self.session_id),
+                                 self.session_id, ops=self.ops)
+        self.state["guard_process"] = process_identity(self.guard.pid)
+        self.journal.write(self.state)
+        self.gate.hold()
+        self.freezer.freeze(self.guard, self.state["deadline"])
+
+    def _fail(self, error):
+        """Undo whatever part of the session ran, then record why it failed."""
+        problems = self.freezer.thaw() if self.freezer else []
+        self._release_guard()
+        self.gate.release()
+        if self.freezer:
+            self.freezer.close()
+        if self.hooks is not None and self.hooks_ran:
+            self.hooks.abort(self.hooks_ran, self.hook_environment())
+        message = str(error) or error.__class__.__name__
+        if problems:
+            message += "; " + "; ".join(problems)
+        self.journal.finish(self.state, "failed", message)
+
+    def _release_guard(self):
+        if self.guard is None:
+            return
+        if self.freezer is not None and self.freezer.stuck():
+            # A FIFREEZE is still in the kernel: closing the pipe at exit (or the
+            # deadline) lets the guard keep re-thawing until it returns.
+            return
+        self.guard.release()
+
+    def remaining(self):
+        return self.state["deadline"] - time.time()
+
+    def thaw(self):
+        """Thaw, release the guard, run the hooks' thaw; returns the session summary."""
+        problems = self.freezer.thaw()
+        self._release_guard()
+        self.gate.release()
+        self.freezer.close()
+        hook_problems = []
+        if self.hooks is not None and self.hooks_ran:
+            hook_problems = self.hooks.thaw(self.hooks_ran, self.hook_environment())
+        report = self.journal.guard_report(self.session_id)
+        message = "; ".join(problems + list(hook_problems))
+        result = "thaw-failed" if problems else "thawed"
+        if report and report.get("thawed"):
+            result = "deadline-thawed"
+            message = "the deadline guard had thawed {} ({}) before the session did".format(
+                ", ".join(report["thawed"]), report.get("reason")) + (
+                    "; " + message if message else "")
+        self.journal.finish(self.state, result, message)
+        return self.summary()
+
+    def detach(self):
+        """Leave the filesystems frozen for another process to thaw (CLI `freeze`)."""
+        self.guard.detach()
+        self.gate.release()
+        self.freezer.close()
+
+    def summary(self):
+        states = self.freezer.states if self.freezer else []
+        frozen_at = [s.freeze_start for s in states if s.freeze_start is not None]
+        thawed_at = [s.thawed_at for s in states if s.thawed_at is not None]
+        window = (max(thawed_at) - min(frozen_at)) if frozen_at and thawed_at else None
+        return {
+            "session": self.session_id,
+            "trigger": self.trigger,
+            "result": self.state.get("result") or self.state.get("status"),
+            "message": self.state.get("message", ""),
+            "deadline": self.state["deadline"],
+            "frozen": [s.mount_point for s in states if s.status in ("frozen", "thawed")],
+            "unsupported": [s.mount_point for s in states if s.status == UNSUPPORTED],
+            "busy_tolerated": [s.mount_point for s in states if s.status == TOLERATED],
+            "hooks": list(self.hooks_ran),
+            "window_seconds": window,
+        }
+
+
+def thaw_from_journal(journal, hooks=None):
+    """`xe-quiesce thaw` without a daemon: have the guard thaw, then close the session.
+
+    The owner of a detached CLI freeze has exited; its guard holds the fds and thaws on
+    SIGUSR2. If the guard is gone too, reconcile() thaws from the journal's mount list.
+    Returns the closed state, or None when nothing was frozen.
+    """
+    journal.ensure_dir()
+    with RunLock(journal.run_dir):
+        state = journal.read()
+        if not state or state.get("status") not in ("quiescing", "frozen", "thawing"):
+            return None
+        if process_alive(state.get("owner")) and state["owner"][0] != os.getpid():
+            raise BusyError(busy_message(state) + "; its owner (pid {}) is running and "
+                            "thaws it".format(state["owner"][0]))
+        guard = state.get("guard_process")
+        if process_alive(guard):
+            request_thaw(guard[0])
+            if not wait_gone(guard[0], GUARD_EXIT_WAIT):
+                raise QuiesceError("the deadline guard (pid {}) did not finish thawing within "
+                                   "{:.0f} s".format(guard[0], GUARD_EXIT_WAIT))
+        closed = journal.reconcile(result="thawed")
+    if hooks is not None and state.get("hooks_run"):
+        hooks.thaw(state["hooks_run"], {"XE_QUIESCE_SESSION": state["session"],
+                                        "XE_QUIESCE_TRIGGER": state.get("trigger", "")})
+    return closed
