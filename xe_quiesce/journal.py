@@ -35,6 +35,8 @@ def process_alive(identity):
     pid, started = identity
     try:
         process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return False  # dead; its parent (maybe a non-reaping init) has not waited yet
         return started is None or abs(process.create_time() - started) < 0.01
     except psutil.Error:
         return False
@@ -105,8 +107,10 @@ class Journal(object):
         state = self.read()
         if not state or state.get("status") not in ACTIVE:
             return None
-        if process_alive(state.get("owner")) or process_alive(state.get("guard_process")):
+        if process_alive(state.get("owner")):
             return state
+        if process_alive(state.get("guard_process")) and not self.guard_report(state["session"]):
+            return state  # a detached freeze: the guard holds it until thaw or deadline
         return None
 
     def guard_report(self, session_id):

@@ -1,0 +1,244 @@
+"""The freeze engine on real ext4, xfs and btrfs filesystems on loop devices."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.loopfs import is_frozen, run
+from xe_quiesce.errors import BusyError, FreezeError
+from xe_quiesce.session import QuiesceSession, make_plan
+
+WRITER = "import os,sys; f=open(sys.argv[1],'w'); f.write('x'); f.flush(); os.fsync(f.fileno())"
+
+
+def start_writer(path):
+    return subprocess.Popen([sys.executable, "-c", WRITER, path])
+
+
+@pytest.mark.parametrize("fstype", ["ext4", "xfs", "btrfs"])
+def test_writer_blocks_while_frozen_and_resumes_after_thaw(loopfs, config_for, fstype):
+    fs = loopfs(fstype)
+    session = QuiesceSession(config_for([fs.mount_point]), "cli")
+    summary = session.start()
+    try:
+        assert summary["frozen"] == [fs.mount_point]
+        assert is_frozen(fs.mount_point)
+        writer = start_writer(fs.path("during-freeze"))
+        with pytest.raises(subprocess.TimeoutExpired):
+            writer.wait(timeout=0.7)
+    finally:
+        result = session.thaw()
+    assert writer.wait(timeout=10) == 0
+    assert result["result"] == "thawed"
+    assert not is_frozen(fs.mount_point)
+    assert result["window_seconds"] > 0.7
+
+
+def test_nested_mounts_freeze_children_first(loopfs, config_for):
+    parent = loopfs("ext4", name="parent")
+    child = loopfs("xfs", name="child", mount_point=parent.path("inner"))
+    config = config_for([parent.mount_point, child.mount_point])
+    plan = make_plan(config)
+    assert [fs.mount_point for fs in plan.filesystems] == [child.mount_point, parent.mount_point]
+    assert [(e.first, e.then) for e in plan.edges] == [
+        (plan.filesystems[0].devno, plan.filesystems[1].devno)]
+    session = QuiesceSession(config, "cli", plan=plan)
+    session.start()
+    session.thaw()
+    by_point = {state.mount_point: state for state in session.freezer.states}
+    assert by_point[child.mount_point].frozen_at <= by_point[parent.mount_point].freeze_start
+    assert by_point[parent.mount_point].thawed_at <= by_point[child.mount_point].thaw_start
+
+
+def test_loop_image_on_a_planned_filesystem_freezes_first(loopfs, config_for):
+    outer = loopfs("ext4", name="outer")
+    inner = loopfs("ext4", name="inner", workdir=outer.mount_point,
+                   mount_point=os.path.join(os.path.dirname(outer.mount_point), "inner"))
+    plan = make_plan(config_for([outer.mount_point, inner.mount_point]))
+    assert [fs.mount_point for fs in plan.filesystems] == [inner.mount_point, outer.mount_point]
+    assert "image" in plan.edges[0].reason
+
+
+def test_bind_mount_is_frozen_once(loopfs, config_for, tmp_path):
+    fs = loopfs("ext4")
+    os.makedirs(fs.path("sub"))
+    bind = str(tmp_path / "bind")
+    os.makedirs(bind)
+    run("mount", "--bind", fs.path("sub"), bind)
+    try:
+        config = config_for([fs.mount_point, bind])
+        plan = make_plan(config)
+        assert len(plan.filesystems) == 1
+        assert set(plan.filesystems[0].mount_points) == {fs.mount_point, bind}
+        session = QuiesceSession(config, "cli", plan=plan)
+        assert session.start()["frozen"] == [fs.mount_point]
+        assert is_frozen(bind)
+        session.thaw()
+        assert not is_frozen(bind)
+    finally:
+        run("umount", bind)
+
+
+def test_already_frozen_filesystem_fails_and_rolls_back(loopfs, config_for):
+    free = loopfs("ext4", name="free")
+    taken = loopfs("xfs", name="taken")
+    run("fsfreeze", "-f", taken.mount_point)
+    try:
+        session = QuiesceSession(config_for([free.mount_point, taken.mount_point]), "cli")
+        with pytest.raises(FreezeError, match="EBUSY"):
+            session.start()
+        assert not is_frozen(free.mount_point)
+        assert is_frozen(taken.mount_point), "someone else's freeze must be left alone"
+        assert session.journal.last_results()["cli"]["result"] == "failed"
+    finally:
+        run("fsfreeze", "-u", taken.mount_point)
+
+
+def test_on_ebusy_tolerate_goes_on_and_leaves_the_other_freeze(loopfs, config_for):
+    free = loopfs("ext4", name="free")
+    taken = loopfs("ext4", name="taken")
+    run("fsfreeze", "-f", taken.mount_point)
+    try:
+        config = config_for([free.mount_point, taken.mount_point],
+                            extra="on-ebusy = tolerate")
+        session = QuiesceSession(config, "cli")
+        summary = session.start()
+        assert summary["frozen"] == [free.mount_point]
+        assert summary["busy_tolerated"] == [taken.mount_point]
+        session.thaw()
+        assert not is_frozen(free.mount_point)
+        assert is_frozen(taken.mount_point)
+    finally:
+        run("fsfreeze", "-u", taken.mount_point)
+
+
+def test_unmounted_between_plan_and_freeze_freezes_nothing(loopfs, config_for):
+    kept = loopfs("ext4", name="kept")
+    gone = loopfs("ext4", name="gone")
+    config = config_for([kept.mount_point, gone.mount_point])
+    plan = make_plan(config)
+    gone.umount()
+    session = QuiesceSession(config, "cli", plan=plan)
+    with pytest.raises(FreezeError, match="no longer the planned"):
+        session.start()
+    assert not is_frozen(kept.mount_point)
+    assert session.journal.read()["status"] == "failed"
+
+
+def test_second_session_is_refused_while_one_is_frozen(loopfs, config_for):
+    fs = loopfs("ext4")
+    config = config_for([fs.mount_point])
+    first = QuiesceSession(config, "xapi")
+    first.start()
+    try:
+        with pytest.raises(BusyError, match="a xapi session"):
+            QuiesceSession(config, "cli").start()
+    finally:
+        first.thaw()
+
+
+HOLDER = """
+import sys, time
+from xe_quiesce.config import load_config
+from xe_quiesce.session import QuiesceSession
+session = QuiesceSession(load_config(sys.argv[1]), "cli")
+session.start()
+print("frozen", flush=True)
+time.sleep(600)
+"""
+
+
+def _frozen_holder(config_path):
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, config_path],
+                              stdout=subprocess.PIPE, universal_newlines=True)
+    assert holder.stdout.readline().strip() == "frozen"
+    return holder
+
+
+def wait_thawed(mount_points, limit):
+    end = time.monotonic() + limit
+    while time.monotonic() < end:
+        if not any(is_frozen(point) for point in mount_points):
+            return time.monotonic()
+        time.sleep(0.05)
+    return None
+
+
+def test_sigkill_of_the_owner_thaws_and_the_next_command_reports_it(
+        loopfs, write_config, xe_quiesce):
+    a, b = loopfs("ext4", name="a"), loopfs("xfs", name="b")
+    config = write_config([a.mount_point, b.mount_point], max_frozen=5)
+    holder = _frozen_holder(config)
+    assert is_frozen(a.mount_point) and is_frozen(b.mount_point)
+    killed = time.monotonic()
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    thawed = wait_thawed([a.mount_point, b.mount_point], 5 + 1)
+    assert thawed is not None and thawed - killed <= 5 + 1
+    status = xe_quiesce("status", "--json", "--config", config)
+    assert status.returncode == 0, status.stderr
+    last = json.loads(status.stdout)["last"]["cli"]
+    assert last["result"] == "reconciled"
+    assert "owner-exited" in last["message"]
+
+
+def test_owner_and_guard_both_killed_next_command_thaws_from_journal(
+        loopfs, write_config, xe_quiesce):
+    fs = loopfs("ext4")
+    config = write_config([fs.mount_point], max_frozen=30)
+    holder = _frozen_holder(config)
+    state = json.load(open(os.path.join(os.path.dirname(config), "run", "state.json")))
+    os.kill(state["guard_process"][0], signal.SIGKILL)
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    time.sleep(0.2)
+    assert is_frozen(fs.mount_point), "with both killed nothing thaws until we reconcile"
+    status = xe_quiesce("status", "--config", config)
+    assert status.returncode == 0, status.stderr
+    assert "thawed now: " + fs.mount_point in status.stderr
+    assert not is_frozen(fs.mount_point)
+
+
+def test_cli_freeze_returns_and_the_guard_thaws_at_the_deadline(
+        loopfs, write_config, xe_quiesce):
+    fs = loopfs("xfs")
+    config = write_config([fs.mount_point], max_frozen=30)
+    started = time.monotonic()
+    frozen = xe_quiesce("freeze", "--timeout", "2", "--json", "--config", config)
+    assert frozen.returncode == 0, frozen.stderr
+    assert json.loads(frozen.stdout)["frozen"] == [fs.mount_point]
+    assert is_frozen(fs.mount_point)
+    thawed = wait_thawed([fs.mount_point], 2 + 1.5)
+    assert thawed is not None and thawed - started <= 2 + 1.5
+    status = xe_quiesce("status", "--json", "--config", config)
+    last = json.loads(status.stdout)["last"]["cli"]
+    assert "deadline guard thawed" in last["message"]
+
+
+def test_cli_freeze_then_thaw(loopfs, write_config, xe_quiesce):
+    a, b = loopfs("ext4", name="a"), loopfs("btrfs", name="b")
+    config = write_config([a.mount_point, b.mount_point], max_frozen=30)
+    assert xe_quiesce("freeze", "--config", config).returncode == 0
+    status = json.loads(xe_quiesce("status", "--json", "--config", config).stdout)
+    assert sorted(status["active"]["mounts"]) == sorted([a.mount_point, b.mount_point])
+    thaw = xe_quiesce("thaw", "--json", "--config", config)
+    assert thaw.returncode == 0, thaw.stderr
+    assert json.loads(thaw.stdout)["result"] == "thawed"
+    assert not is_frozen(a.mount_point) and not is_frozen(b.mount_point)
+    again = xe_quiesce("thaw", "--config", config)
+    assert again.returncode == 0 and "nothing was frozen" in again.stdout
+
+
+def test_no_module_is_imported_between_freeze_and_thaw(loopfs, config_for):
+    """An import while frozen may read or write (.pyc) a frozen filesystem."""
+    fs = loopfs("ext4")
+    session = QuiesceSession(config_for([fs.mount_point]), "cli")
+    session.start()
+    before = set(sys.modules)
+    session.thaw()
+    assert set(sys.modules) - before == set()
+    assert sys.dont_write_bytecode
