@@ -242,3 +242,25 @@ def test_no_module_is_imported_between_freeze_and_thaw(loopfs, config_for):
     session.thaw()
     assert set(sys.modules) - before == set()
     assert sys.dont_write_bytecode
+
+
+def test_stderr_on_the_frozen_filesystem_does_not_block(loopfs, write_config, xe_quiesce):
+    """Logs made while frozen wait in memory; a detached freeze hands them to `thaw`."""
+    fs, taken = loopfs("ext4", name="fs"), loopfs("ext4", name="taken")
+    config = write_config([fs.mount_point, taken.mount_point], max_frozen=30,
+                          extra="on-ebusy = tolerate")
+    run("fsfreeze", "-f", taken.mount_point)
+    try:
+        with open(fs.path("stderr.log"), "w") as stderr:
+            started = time.monotonic()
+            frozen = subprocess.run(
+                [sys.executable, "-m", "xe_quiesce.cli", "freeze", "--config", config],
+                stdout=subprocess.PIPE, stderr=stderr, timeout=20)
+        assert frozen.returncode == 0
+        assert time.monotonic() - started < 10, "must not wait for the deadline"
+        assert is_frozen(fs.mount_point)
+        thaw = xe_quiesce("thaw", "--config", config)
+        assert thaw.returncode == 0
+        assert "already frozen by someone else" in thaw.stderr
+    finally:
+        run("fsfreeze", "-u", taken.mount_point)

@@ -77,11 +77,16 @@ def _print_plan(data):
         click.echo("Order:")
         for edge in data["order"]:
             click.echo("  {} before {}: {}".format(edge["first"], edge["then"], edge["reason"]))
-    if data["skipped"]:
+    pseudo = [skip for skip in data["skipped"] if skip["reason"].startswith("pseudo")]
+    shown = [skip for skip in data["skipped"] if skip not in pseudo]
+    if shown:
         click.echo("Skipped:")
-        for skip in data["skipped"]:
+        for skip in shown:
             click.echo("  {:<24} {:<8} {}".format(skip["mount_point"], skip["fstype"],
                                                    skip["reason"]))
+    if pseudo:
+        click.echo("Also skipped: {} pseudo filesystem mounts ({}); --json lists them.".format(
+            len(pseudo), ", ".join(sorted({skip["fstype"] for skip in pseudo}))))
 
 
 @cli.command()
@@ -118,6 +123,8 @@ def thaw(config_file, as_json):
     """Thaw what a session froze (idempotent: nothing frozen is not an error)."""
     config = load_config(config_file)
     closed = thaw_from_journal(_journal(config))
+    for line in (closed or {}).get("deferred_log", []):
+        click.echo(line, err=True)
     result = closed or {"result": "nothing-frozen", "message": "nothing was frozen"}
     _emit(result, as_json, lambda data: click.echo("{}: {}".format(
         data["result"], data.get("message") or "thawed")))

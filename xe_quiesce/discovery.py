@@ -46,7 +46,8 @@ def _skip_reason(fstype):
     if fstype in NETWORK_FSTYPES or fstype.startswith("fuse.sshfs"):
         return "network filesystem ({}), not on this guest's disks".format(fstype)
     if fstype in STACKED_FSTYPES or fstype.startswith("fuse"):
-        return "stacked or userspace filesystem ({}); its backing filesystem is frozen instead".format(fstype)
+        return ("stacked or userspace filesystem ({}); its backing filesystem is frozen "
+                "instead".format(fstype))
     return None
 
 

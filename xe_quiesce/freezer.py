@@ -164,7 +164,8 @@ class Freezer(object):
         else:
             state.status, state.error = FAILED, _errname(error)
             if error.errno == errno.EBUSY:
-                state.error += ": already frozen by someone else (set [freeze] on-ebusy = tolerate to go on)"
+                state.error += (": already frozen by someone else (set [freeze] on-ebusy = "
+                                "tolerate to go on)")
             self._abort.set()
 
     def _run_all(self, work, ordered, deadline=None):

@@ -144,6 +144,8 @@ class Journal(object):
         if thawed:
             message = "the session's process and its guard died; thawed now: {}".format(
                 ", ".join(thawed))
+        elif report and report.get("thawed") and report.get("reason") == "thaw requested":
+            message = "thawed {}".format(", ".join(report["thawed"]))
         elif report and report.get("thawed"):
             message = "the deadline guard thawed {} ({})".format(
                 ", ".join(report["thawed"]), report.get("reason"))

@@ -27,8 +27,11 @@ class LogGate(logging.Handler):
         with self._gate:
             self.held = True
 
-    def release(self):
-        """Open the gate and write what was buffered, oldest first."""
+    def resume(self):
+        """Open the gate and write what was buffered, oldest first.
+
+        (Not `release`: logging.Handler.handle() calls release() for its own lock.)
+        """
         with self._gate:
             self.held = False
             pending, self.buffer = list(self.buffer), collections.deque(maxlen=self.buffer.maxlen)
@@ -39,6 +42,18 @@ class LogGate(logging.Handler):
                 "msg": "%d log records were dropped while frozen", "args": (dropped,)}))
         for record in pending:
             self.target.handle(record)
+
+    def drain(self):
+        """Open the gate, returning the buffered records as text instead of writing them.
+
+        For an owner that leaves while still frozen (CLI `freeze`): its stderr may be on
+        a frozen filesystem, so the lines go to the journal and `thaw` prints them.
+        """
+        with self._gate:
+            self.held = False
+            pending, self.buffer = list(self.buffer), collections.deque(maxlen=self.buffer.maxlen)
+            self.dropped = 0
+        return [self.target.format(record) for record in pending]
 
     def emit(self, record):
         with self._gate:

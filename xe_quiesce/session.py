@@ -154,7 +154,7 @@ class QuiesceSession(object):
         """Undo whatever part of the session ran, then record why it failed."""
         problems = self.freezer.thaw() if self.freezer else []
         self._release_guard()
-        self.gate.release()
+        self.gate.resume()
         if self.freezer:
             self.freezer.close()
         if self.hooks is not None and self.hooks_ran:
@@ -180,7 +180,7 @@ class QuiesceSession(object):
         """Thaw, release the guard, run the hooks' thaw; returns the session summary."""
         problems = self.freezer.thaw()
         self._release_guard()
-        self.gate.release()
+        self.gate.resume()
         self.freezer.close()
         hook_problems = []
         if self.hooks is not None and self.hooks_ran:
@@ -198,8 +198,9 @@ class QuiesceSession(object):
 
     def detach(self):
         """Leave the filesystems frozen for another process to thaw (CLI `freeze`)."""
+        self.state["deferred_log"] = self.gate.drain()
+        self.journal.write(self.state)
         self.guard.detach()
-        self.gate.release()
         self.freezer.close()
 
     def summary(self):
