@@ -96,3 +96,23 @@ def test_cli_reports_a_bad_file_without_traceback(tmp_path, xe_quiesce):
     assert result.stderr.strip().splitlines() == [
         "xe-quiesce: error: {}: [freeze] max-frozen = 'never': could not convert string "
         "to float: 'never'".format(path)]
+
+
+def test_the_shipped_default_file_parses_to_the_defaults():
+    import os
+    path = os.path.join(os.path.dirname(__file__), "..", "data", "xe-quiesce.conf")
+    shipped = load_config(path)
+    defaults = parse_config("")
+    for section in ("freeze", "hooks", "xenstore", "xo", "state"):
+        assert vars(getattr(shipped, section)) == vars(getattr(defaults, section))
+
+
+def test_the_shipped_default_file_documents_every_key():
+    import os
+    from xe_quiesce.config import SCHEMA
+    path = os.path.join(os.path.dirname(__file__), "..", "data", "xe-quiesce.conf")
+    text = open(path).read()
+    for section, keys in SCHEMA.items():
+        assert "[{}]".format(section) in text
+        for key in keys:
+            assert "#{} =".format(key) in text, key
