@@ -98,18 +98,21 @@ def _nesting_edges(filesystems, mounts):
     planned = {fs.devno for fs in filesystems}
     by_id = {entry.mount_id: entry for entry in mounts}
     edges = []
-    for fs in filesystems:
-        for entry in fs.entries:
-            seen = set()
-            parent = by_id.get(entry.parent_id)
-            while parent is not None and parent.mount_id not in seen:
-                seen.add(parent.mount_id)
-                devno = "{}:{}".format(parent.major, parent.minor)
-                if devno in planned and devno != fs.devno:
-                    edges.append(Edge(fs.devno, devno, "{} is mounted inside {}".format(
-                        entry.mount_point, parent.mount_point)))
-                    break
-                parent = by_id.get(parent.parent_id)
+    # Mounts of a whole filesystem first, bind mounts of subfolders after: when a bind
+    # mount closes a cycle, its edge is the one _break_cycles drops.
+    pairs = [(fs, entry) for fs in filesystems for entry in fs.entries]
+    pairs.sort(key=lambda pair: pair[1].root != "/")
+    for fs, entry in pairs:
+        seen = set()
+        parent = by_id.get(entry.parent_id)
+        while parent is not None and parent.mount_id not in seen:
+            seen.add(parent.mount_id)
+            devno = "{}:{}".format(parent.major, parent.minor)
+            if devno in planned and devno != fs.devno:
+                edges.append(Edge(fs.devno, devno, "{} is mounted inside {}".format(
+                    entry.mount_point, parent.mount_point)))
+                break
+            parent = by_id.get(parent.parent_id)
     return edges
 
 
