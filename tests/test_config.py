@@ -1,15 +1,16 @@
 """Configuration: defaults, every documented key, and one clear line for bad input."""
 import ipaddress
+import os
 
 import pytest
 
-from xe_quiesce.config import DEFAULT_PATH, load_config, parse_config
+from xe_quiesce.config import DEFAULT_PATH, SCHEMA, load_config, parse_config
 from xe_quiesce.errors import ConfigError
 
 
 def test_defaults_when_the_default_file_is_missing(monkeypatch):
     monkeypatch.delenv("XE_QUIESCE_CONFIG", raising=False)
-    if __import__("os").path.exists(DEFAULT_PATH):
+    if os.path.exists(DEFAULT_PATH):
         pytest.skip("this machine has a real configuration file")
     config = load_config()
     assert config.freeze.max_frozen == 60.0
@@ -99,7 +100,6 @@ def test_cli_reports_a_bad_file_without_traceback(tmp_path, xe_quiesce):
 
 
 def test_the_shipped_default_file_parses_to_the_defaults():
-    import os
     path = os.path.join(os.path.dirname(__file__), "..", "data", "xe-quiesce.conf")
     shipped = load_config(path)
     defaults = parse_config("")
@@ -108,8 +108,6 @@ def test_the_shipped_default_file_parses_to_the_defaults():
 
 
 def test_the_shipped_default_file_documents_every_key():
-    import os
-    from xe_quiesce.config import SCHEMA
     path = os.path.join(os.path.dirname(__file__), "..", "data", "xe-quiesce.conf")
     text = open(path).read()
     for section, keys in SCHEMA.items():

@@ -6,8 +6,11 @@ import time
 import click
 
 from . import __version__, logbuffer
+from .cli_hooks import hooks
+from .cli_run import run
 from .config import ENV_VAR, load_config
 from .errors import QuiesceError
+from .hooks import HookSet
 from .journal import Journal, process_alive
 from .session import QuiesceSession, make_plan, thaw_from_journal
 
@@ -122,7 +125,7 @@ def _print_frozen(summary):
 def thaw(config_file, as_json):
     """Thaw what a session froze (idempotent: nothing frozen is not an error)."""
     config = load_config(config_file)
-    closed = thaw_from_journal(_journal(config))
+    closed = thaw_from_journal(_journal(config), HookSet.load(config))
     for line in (closed or {}).get("deferred_log", []):
         click.echo(line, err=True)
     result = closed or {"result": "nothing-frozen", "message": "nothing was frozen"}
@@ -161,6 +164,10 @@ def _print_status(data):
         click.echo("Last {} session {}: {}{}".format(
             trigger, last.get("session"), last.get("result"),
             " ({})".format(last["message"]) if last.get("message") else ""))
+
+
+cli.add_command(run)
+cli.add_command(hooks)
 
 
 def main():

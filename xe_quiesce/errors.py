@@ -15,3 +15,7 @@ class FreezeError(QuiesceError):
 
 class BusyError(QuiesceError):
     """Another quiesce session owns the guest's filesystems."""
+
+
+class HookError(QuiesceError):
+    """A hook was refused, failed or ran out of time; the hooks that ran are aborted."""

@@ -20,6 +20,7 @@ from .errors import BusyError, FreezeError, QuiesceError
 from .freezer import TOLERATED, UNSUPPORTED, Freezer
 from .fsops import FsOps
 from .guard import Guard, request_thaw, wait_gone
+from .hooks import HookSet
 from .journal import Journal, process_alive, process_identity
 from .plan import build_plan
 
@@ -60,7 +61,8 @@ class QuiesceSession(object):
         self.ops = ops or FsOps()
         self.journal = journal or Journal(config.state.run_dir, ops=self.ops)
         self.plan = plan
-        self.hooks = hooks
+        # None: the configured hook directory; False: no hooks at all (tests).
+        self.hooks = HookSet.load(config) if hooks is None else (hooks or None)
         self.session_id = uuid.uuid4().hex[:12]
         self.state = None
         self.freezer = None
