@@ -174,6 +174,8 @@ class QuiesceSession(object):
             # deadline) lets the guard keep re-thawing until it returns.
             return
         self.guard.release()
+        # Its fds pin the mounts: an unmount right after the thaw must not find it alive.
+        wait_gone(self.guard.pid, GUARD_EXIT_WAIT)
 
     def remaining(self):
         return self.state["deadline"] - time.time()
