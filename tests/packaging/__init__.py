@@ -1,0 +1,1 @@
+"""Packaging tests (issue 6): built .deb in Debian chroots, built .rpm metadata, lints."""
