@@ -1,0 +1,31 @@
+"""`xe-quiesce run`: the daemon answering the host's quiesce requests over xenstore."""
+import click
+
+from .config import ENV_VAR, load_config
+from .daemon import Daemon
+from .errors import QuiesceError
+from .xenstore import XenstoreClient, XenstoreError
+
+
+@click.command()
+@click.option("--xenstore", "uri", metavar="URI",
+              help="xenbus (default), xenbus:PATH or unix:PATH (a dom0 xenstored socket); "
+                   "default: [xenstore] uri.")
+@click.option("--domain-path", metavar="PATH",
+              help="Use this domain home instead of reading `domid` (needed on a dom0 "
+                   "socket); default: [xenstore] domain-path.")
+@click.option("--config", "config_file", metavar="FILE", envvar=ENV_VAR,
+              help="Configuration file (default /etc/xe-quiesce/xe-quiesce.conf, or "
+                   "${}).".format(ENV_VAR))
+def run(uri, domain_path, config_file):
+    """Serve quiesce requests: the host's over xenstore, Xen Orchestra's sync hook, and
+    the local CLI's over the control socket (systemd Type=notify daemon).
+
+    A session left by a crashed daemon is reconciled at start.
+    """
+    config = load_config(config_file)
+    try:
+        client = XenstoreClient(uri or config.xenstore.uri, timeout=config.xenstore.request_timeout)
+    except XenstoreError as error:
+        raise QuiesceError(str(error))
+    Daemon(config, client, domain_path or config.xenstore.domain_path or None).run()

@@ -1,0 +1,305 @@
+"""The I/O adapter that drives `conversation.Conversation` over xenstore and a session.
+
+It owns the xenstore client, the watches and the one QuiesceSession of a request; the
+decisions are the machine's. One thread does everything (the client is not thread
+safe), waiting in short steps so that the deadline, SIGTERM and the watchdog are seen
+within POLL seconds. While frozen it only talks to xenstore and logs through the gate:
+no file is written.
+"""
+import logging
+import signal
+import time
+
+from . import __version__
+from . import conversation as cv
+from .discovery import Skipped
+from .errors import BusyError, QuiesceError
+from .plan import FreezePlan
+from .sdnotify import Watchdog, notify, watchdog_interval
+from .session import QuiesceSession, make_plan
+from .xenstore import (
+    XenstoreError,
+    XenstoreNotFound,
+    XenstorePermissionError,
+    XenstoreValueError,
+)
+
+LOG = logging.getLogger(__name__)
+POLL = 0.25
+FEATURE = "control/feature-quiesce"
+TOKENS = ("action", "feature", "domain", "status")
+
+
+def plan_for(config, devids):
+    """The session's plan: the configured mounts, else the filesystems on these VBDs."""
+    plan = make_plan(config)
+    if config.freeze.mounts:
+        return plan
+    wanted = {int(devid) for devid in devids}
+    keep = [fs for fs in plan.filesystems if wanted.intersection(fs.vbds)]
+    left = [Skipped(fs.mount_point, fs.fstype, "not on a disk of this snapshot request")
+            for fs in plan.filesystems if fs not in keep]
+    kept = {fs.devno for fs in keep}
+    edges = [edge for edge in plan.edges if edge.first in kept and edge.then in kept]
+    return FreezePlan(keep, edges, list(plan.skipped) + left, plan.cycles)
+
+
+class GuestAgent(object):
+    """`xe-quiesce run`: advertise, watch C/action, play the guest's part per request."""
+
+    def __init__(self, config, client, domain_path=None, session_factory=None,
+                 environ=None):
+        self.config = config
+        self.client = client
+        self.domain_path = domain_path
+        self.session_factory = session_factory or (
+            lambda plan: QuiesceSession(config, trigger="xapi", plan=plan))
+        self.environ = environ
+        self.machine = None
+        self.session = None
+        self.status_path = None
+        self.stop_requested = False
+        self.reconnected = False
+        self.running = False
+        self.feature_refused = False
+
+    # -- life cycle ---------------------------------------------------------------
+
+    def request_stop(self, *_signal_args):
+        self.stop_requested = True
+
+    def run(self):
+        """Serve until stopped (SIGTERM/SIGINT); a frozen session is thawed first."""
+        previous = {sig: signal.signal(sig, self.request_stop)
+                    for sig in (signal.SIGTERM, signal.SIGINT)}
+        watchdog = None
+        try:
+            self.start()
+            interval = watchdog_interval(self.environ)
+            if interval:
+                watchdog = Watchdog(interval, self.environ).start()
+            notify("READY=1", self.environ)
+            while self.running:
+                if watchdog:
+                    watchdog.beat(self.config.freeze.max_frozen + 2 * interval)
+                self.step(POLL)
+        finally:
+            if watchdog:
+                watchdog.stop()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self.client.close()
+
+    def start(self):
+        """Connect, find the home, advertise and watch; raises QuiesceError if impossible."""
+        try:
+            self.client.connect()
+            self.domain_path = self.domain_path or self._own_domain_path()
+        except XenstoreError as error:
+            raise QuiesceError("xenstore: {}".format(error))
+        self.machine = cv.Conversation(self.domain_path, __version__)
+        self.client.on_reconnect = self._on_reconnect
+        self.advertise()
+        # The domain's identity now, so a resume or migration is seen as a change.
+        self.feed(self._read_event("domain"))
+        for token, path in (("action", self.machine.control + "/action"),
+                            ("feature", self._home(FEATURE)),
+                            ("domain", self._home("unique-domain-id"))):
+            try:
+                self.client.watch(path, token)
+            except XenstoreError as error:
+                raise QuiesceError("cannot watch {}: {}".format(path, error))
+        self.running = True
+        LOG.info("xe-quiesce %s serving %s (%s)", __version__, self.domain_path, self.client.uri)
+
+    def _own_domain_path(self):
+        domid = self.client.read("domid")  # relative: resolved in our own home
+        if not domid.isdigit():
+            raise XenstoreError("domid is {!r}, not a number".format(domid))
+        return self.client.get_domain_path(int(domid))
+
+    def _home(self, relative):
+        return "{}/{}".format(self.domain_path, relative)
+
+    def _on_reconnect(self):
+        # Called inside whichever client call noticed the drop: only take note here.
+        self.reconnected = True
+
+    # -- the loop -------------------------------------------------------------------
+
+    def step(self, timeout):
+        """Wait up to `timeout` s for one thing to happen and handle it."""
+        if self.stop_requested and self.machine.state in (cv.IDLE, cv.FROZEN):
+            self.stop_requested = False
+            return self.feed(cv.Stop())
+        if self.machine.state == cv.FROZEN:
+            left = self.session.remaining()
+            if left <= 0:
+                return self.feed(cv.Timeout())
+            timeout = min(timeout, left)
+        event = self.client.wait_event(timeout)
+        if self.reconnected:
+            self.reconnected = False
+            self.feed(cv.Reconnected())
+        if event is not None:
+            seen = self._read_event(event[1])
+            if seen is not None:
+                self.feed(seen)
+
+    def _read_event(self, token):
+        """Re-read what a watch event points at (events are only hints)."""
+        try:
+            if token == "action":
+                return cv.ActionSeen(self.client.read_or(self.machine.control + "/action"))
+            if token == "status":
+                if self.status_path is None:
+                    return None  # queued before the unwatch: stale
+                return cv.StatusSeen(self.client.read_or(self.status_path))
+            return cv.HomeChanged(self.client.read_or(self._home(FEATURE)),
+                                  self.client.read_or(self._home("unique-domain-id")))
+        except XenstoreError as error:
+            return cv.IoFailed(str(error))
+
+    def feed(self, event):
+        """Run the machine on `event` and on every result its commands produce."""
+        pending = [event]
+        while pending:
+            event = pending.pop(0)
+            for command in self.machine.handle(event):
+                try:
+                    result = self.execute(command)
+                except XenstoreError as error:
+                    pending.append(cv.IoFailed("{}: {}".format(type(command).__name__, error)))
+                    break
+                if result is not None:
+                    pending.append(result)
+
+    # -- commands ---------------------------------------------------------------------
+
+    def execute(self, command):
+        handler = getattr(self, "do_" + type(command).__name__)
+        return handler(*command)
+
+    def do_Write(self, path, value):
+        self.client.write(path, value)
+
+    def do_Rm(self, path):
+        self.client.rm(path)
+
+    def do_Log(self, level, message):
+        LOG.log(level, message)
+
+    def do_Publish(self, state):
+        try:
+            self.client.write(self._home("data/xe-quiesce/state"), state)
+        except XenstoreError as error:
+            LOG.warning("cannot publish state %s: %s", state, error)
+
+    def do_Advertise(self):
+        self.advertise()
+
+    def advertise(self):
+        """control/feature-quiesce, data/updated, our version and state; best effort.
+
+        Under plain xl `control/` is read-only to the guest (EACCES): logged once, not
+        fatal, as the feature cannot be offered there anyway.
+        """
+        try:
+            self.client.write(self._home(FEATURE), "1")
+            self.feature_refused = False
+        except XenstorePermissionError as error:
+            level = logging.DEBUG if self.feature_refused else logging.WARNING
+            LOG.log(level, "cannot advertise %s (%s): the host will not ask this guest for "
+                    "quiesced snapshots", FEATURE, error)
+            self.feature_refused = True
+        except XenstoreError as error:
+            LOG.warning("cannot advertise %s: %s", FEATURE, error)
+        state = cv.PUBLISHED.get(self.machine.state, "idle")
+        for key, value in (("data/xe-quiesce/version", __version__),
+                           ("data/xe-quiesce/state", state),
+                           ("data/updated", time.strftime("%a %b %d %H:%M:%S UTC %Y",
+                                                          time.gmtime()))):
+            try:
+                self.client.write(self._home(key), value)
+            except XenstoreError as error:
+                LOG.warning("cannot write %s: %s", key, error)
+
+    def do_Unadvertise(self):
+        """At stop: the feature says 0 so xapi refuses at once instead of waiting 60 s."""
+        for action, key in ((lambda path: self.client.write(path, "0"), FEATURE),
+                            (self.client.rm, "data/xe-quiesce/state")):
+            try:
+                action(self._home(key))
+            except XenstoreError as error:
+                LOG.debug("at stop, %s: %s", key, error)
+
+    def do_ReadVss(self):
+        try:
+            return cv.VssRead(self.client.read_or(self._home("vss")), None)
+        except XenstoreValueError as error:  # garbage bytes: the machine reports them
+            return cv.VssRead(None, str(error))
+
+    def do_ReadVbds(self):
+        base = self._home("device/vbd")
+        try:
+            devids = self.client.ls(base)
+        except XenstoreNotFound:
+            devids = []
+        return cv.VbdsRead([self._read_vbd(base, devid) for devid in devids])
+
+    def _read_vbd(self, base, devid):
+        """One VBD's raw values; garbage is recorded in `error`, judged by the machine."""
+        frontend = "{}/{}".format(base, devid)
+        try:
+            device_type = self.client.read_or(frontend + "/device-type")
+            backend = self.client.read_or(frontend + "/backend")
+            vdi = None
+            if backend is not None and cv.XS_PATH_RE.match(backend):
+                vdi = self.client.read_or(backend + "/sm-data/vdi-uuid")
+        except XenstoreValueError as error:
+            return cv.VbdNode(devid, None, None, None, str(error))
+        return cv.VbdNode(devid, device_type, backend, vdi, None)
+
+    def do_StartSession(self, devids):
+        try:
+            plan = plan_for(self.config, devids)
+            self.session = self.session_factory(plan)
+            summary = self.session.start()
+        except BusyError as error:
+            return cv.QuiesceFailed(cv.ERR_BUSY, "busy: {}".format(error))
+        except QuiesceError as error:
+            return cv.QuiesceFailed(cv.ERR_QUIESCE, "cannot quiesce: {}".format(error))
+        except Exception as error:  # the session has undone itself; report, keep serving
+            LOG.exception("quiesce session failed")
+            return cv.QuiesceFailed(cv.ERR_QUIESCE, "cannot quiesce: {}: {}".format(
+                type(error).__name__, error))
+        filesystems = [{"mount_point": fs.mount_point, "fstype": fs.fstype,
+                        "vbds": list(fs.vbds)} for fs in self.session.plan.filesystems]
+        return cv.QuiesceOk(summary, filesystems)
+
+    def do_AwaitStatus(self, path):
+        self.status_path = path
+        self.client.watch(path, "status")
+
+    def do_Thaw(self):
+        """Thaw first, then stop watching V/status (xenstore may be down)."""
+        summary = self.session.thaw()
+        self.session = None
+        path, self.status_path = self.status_path, None
+        if path is not None:
+            try:
+                self.client.unwatch(path, "status")
+            except XenstoreError as error:
+                LOG.debug("unwatch %s: %s", path, error)
+        LOG.info("thawed: %s (frozen %s s)", summary["result"],
+                 "?" if summary["window_seconds"] is None
+                 else "{:.3f}".format(summary["window_seconds"]))
+        return cv.Thawed(summary)
+
+    def do_ReadResult(self, vss, vdis):
+        read = self.client.read_or
+        ids = {vdi: read("{}/snapshot/{}/id".format(vss, vdi)) for vdi in vdis}
+        return cv.ResultRead(read(vss + "/snaptype"), read(vss + "/snapuuid"), ids)
+
+    def do_Exit(self):
+        self.running = False

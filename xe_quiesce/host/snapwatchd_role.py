@@ -1,0 +1,166 @@
+"""snapwatchd's half of the contract: answer `V/status` = `create-snapshots` (2.7-2.17).
+
+The snapshot itself is a callback, `take_snapshot(vdis, whole_vm)` returning a
+`SnapshotResult`: the dom0 companion passes one that calls XenAPI `VM.snapshot`, the
+tests one that copies loop images. Everything else is the removed snapwatchd's
+behaviour, with its status values, its disk-count rule and its 10 s budget.
+
+`failure` injects the failure modes of contract section b for tests:
+F7 per-disk mode, F8 snapshot too slow or failed, F9 a requested disk missing from
+the snapshot, F10 `allowvssprovider` = `None`, F11 lock held (nothing written), F12
+`create-snapshotinfo` fails, F13 snapwatchd not running (nothing ever written).
+"""
+import logging
+import threading
+import time
+
+from ..xenstore import XenstoreNotFound
+from .waiting import wait_for
+
+LOG = logging.getLogger(__name__)
+
+SNAPSHOT_TIMEOUT = 10.0   # snapwatchd gives VM.snapshot 10 s (F8)
+FAILURES = ("F7", "F8", "F9", "F10", "F11", "F12", "F13")
+
+CREATED = "snapshots-created"
+FAILED = "snapshots-failed"
+
+
+class SnapshotResult(object):
+    """`snapuuid`: the snapshot VM (whole-VM mode); `vdis`: source VDI -> snapshot VDI."""
+
+    def __init__(self, snapuuid, vdis):
+        self.snapuuid = snapuuid
+        self.vdis = dict(vdis)
+
+
+class SnapshotFailed(Exception):
+    """take_snapshot could not snapshot; snapwatchd answers snapshots-failed."""
+
+
+class Snapwatchd(object):
+    """snapwatchd for one VM: `vss` is V, `vm_disks` the VM's non-CD VDIs (xapi's DB)."""
+
+    def __init__(self, client, vss, domain_path, vm_disks, take_snapshot,
+                 snapshot_timeout=SNAPSHOT_TIMEOUT, failure=None, clock=time.time):
+        if failure is not None and failure not in FAILURES:
+            raise ValueError("unknown snapwatchd failure {!r} (known: {})".format(
+                failure, ", ".join(FAILURES)))
+        self.client = client
+        self.vss = vss
+        self.vm_uuid = vss.rsplit("/", 1)[-1]
+        self.domain_path = domain_path
+        self.vm_disks = list(vm_disks)
+        self.take_snapshot = take_snapshot
+        self.snapshot_timeout = snapshot_timeout
+        self.failure = failure
+        self.clock = clock
+        self.outcomes = []
+
+    def serve_once(self, timeout, stop=None):
+        """Wait up to `timeout` s for one request and answer it; returns the outcome."""
+        if self.failure == "F13":
+            return None
+        status = wait_for(self.client, self.vss + "/status",
+                          lambda v: v in ("create-snapshots", "create-snapshotinfo"),
+                          timeout, stop)
+        if status == "create-snapshots":
+            outcome = self.create_snapshots()
+        elif status == "create-snapshotinfo":
+            outcome = self.create_snapshotinfo()
+        else:
+            return None
+        self.outcomes.append(outcome)
+        return outcome
+
+    def serve(self, stop):
+        """Answer requests until `stop()` is true (the simulator's thread)."""
+        while not stop():
+            self.serve_once(0.5, stop)
+            if self.failure == "F11" and self.outcomes:
+                # the request stays unanswered; do not spin on the unchanged status
+                wait_for(self.client, self.vss + "/status",
+                         lambda v: v != "create-snapshots", 3600, stop)
+
+    def _status(self, value, why=""):
+        if why:
+            LOG.warning("snapwatchd for %s: %s", self.vm_uuid, why)
+        self.client.write(self.vss + "/status", value)
+        return value if not why else "{}: {}".format(value, why)
+
+    def create_snapshots(self):
+        if self.failure == "F11":
+            return "locked: nothing written"
+        allow = self.domain_path + "/vm-data/allowvssprovider"
+        value = "None" if self.failure == "F10" else self.client.read_or(allow)
+        if value == "None":
+            return self._status(FAILED, "vm-data/allowvssprovider is None")
+        if value is not None:
+            self.client.write(allow, "false")
+        self.client.rm(self.vss + "/snapstring")
+        try:
+            requested = self.client.ls(self.vss + "/snapshot")
+        except XenstoreNotFound:
+            requested = []
+        # A count, not a set comparison, as snapwatchd did (contract 2.11).
+        whole_vm = len(requested) == len(self.vm_disks) and self.failure != "F7"
+        self.client.write(self.vss + "/snaptype", "vm" if whole_vm else "vdi")
+        if not whole_vm:
+            foreign = [vdi for vdi in requested if vdi not in self.vm_disks]
+            if foreign:
+                return self._status(FAILED, "VDIs not of this VM: " + ", ".join(foreign))
+        if self.failure == "F8":
+            return self._status(FAILED, "snapshot not finished within {:g} s".format(
+                self.snapshot_timeout))
+        try:
+            result = self._snapshot(requested, whole_vm)
+        except SnapshotFailed as error:
+            return self._status(FAILED, str(error))
+        if self.failure == "F9" and result.vdis:
+            result.vdis.pop(sorted(result.vdis)[0])
+        missing = [vdi for vdi in requested if vdi not in result.vdis]
+        if missing:
+            return self._status(FAILED, "no snapshot of VDI " + ", ".join(missing))
+        for vdi in requested:
+            if not whole_vm:
+                self.client.write("{}/vdisnap/{}".format(self.vss, vdi), result.vdis[vdi])
+            self.client.write("{}/snapshot/{}/id".format(self.vss, vdi), result.vdis[vdi])
+        snapuuid = result.snapuuid if whole_vm else result.vdis[requested[-1]]
+        if whole_vm:
+            self.client.write(self.vss + "/snapinfo", snapinfo(self.clock(), snapuuid,
+                                                               self.vm_uuid))
+        self.client.write(self.vss + "/snapuuid", snapuuid)
+        return self._status(CREATED)
+
+    def _snapshot(self, requested, whole_vm):
+        """Run take_snapshot with snapwatchd's budget; late or failed -> SnapshotFailed."""
+        box = {}
+
+        def run():
+            try:
+                box["result"] = self.take_snapshot(requested, whole_vm)
+            except Exception as error:  # any failure of the callback is snapshots-failed
+                box["error"] = error
+
+        worker = threading.Thread(target=run, name="snapwatchd-snapshot", daemon=True)
+        worker.start()
+        worker.join(self.snapshot_timeout)
+        if worker.is_alive():
+            raise SnapshotFailed("snapshot not finished within {:g} s".format(
+                self.snapshot_timeout))
+        if "error" in box:
+            raise SnapshotFailed("snapshot failed: {}".format(box["error"]))
+        return box["result"]
+
+    def create_snapshotinfo(self):
+        """The Windows-only step (2.21-2.22); xapi uses none of it. Plugs no disk here."""
+        if self.failure == "F12":
+            return self._status("snapshotinfo-failed", "injected F12")
+        return self._status("snapshotinfo-created")
+
+
+def snapinfo(when, snapuuid, parent):
+    """snapwatchd's V/snapinfo: whitespace-free XML (contract 2.15)."""
+    return ("<VM.snapshot><time>{}</time><snapuuid>{}</snapuuid><parent>{}</parent>"
+            "</VM.snapshot>").format(time.strftime("%Y%m%dT%H:%M:%SZ", time.gmtime(when)),
+                                     snapuuid, parent)
