@@ -5,14 +5,17 @@ import time
 
 import click
 
-from . import __version__, logbuffer
+from . import __version__, control, logbuffer
 from .cli_hooks import hooks
 from .cli_run import run
 from .config import ENV_VAR, load_config
 from .errors import QuiesceError
 from .hooks import HookSet
-from .journal import Journal, process_alive
+from .journal import Journal
 from .session import QuiesceSession, make_plan, thaw_from_journal
+
+# Seconds a control request may take beyond the work itself.
+CONTROL_MARGIN = 30.0
 
 
 def config_option(command):
@@ -98,14 +101,22 @@ def _print_plan(data):
 @click.option("--timeout", type=float, metavar="S",
               help="Thaw by itself after S seconds (default: [freeze] max-frozen).")
 def freeze(config_file, as_json, timeout):
-    """Freeze now and return; `thaw` or the deadline thaws."""
+    """Freeze now and return; `thaw` or the deadline thaws.
+
+    Through the running daemon when there is one, so that one owner ever freezes;
+    otherwise this process freezes, leaves the guard holding the deadline, and exits.
+    """
     config = load_config(config_file)
     if timeout is not None and not 0 < timeout <= config.freeze.max_frozen:
         raise QuiesceError("--timeout must be between 0 and [freeze] max-frozen ({:g} s)".format(
             config.freeze.max_frozen))
-    session = QuiesceSession(config, "cli", journal=_journal(config))
-    summary = session.start(timeout)
-    session.detach()
+    try:
+        summary = control.request(config.state.run_dir, "freeze",
+                                  config.freeze.max_frozen + CONTROL_MARGIN, timeout=timeout)
+    except control.NoDaemon:
+        session = QuiesceSession(config, "cli", journal=_journal(config))
+        summary = session.start(timeout)
+        session.detach()
     _emit(summary, as_json, _print_frozen)
 
 
@@ -125,7 +136,10 @@ def _print_frozen(summary):
 def thaw(config_file, as_json):
     """Thaw what a session froze (idempotent: nothing frozen is not an error)."""
     config = load_config(config_file)
-    closed = thaw_from_journal(_journal(config), HookSet.load(config))
+    try:
+        closed = control.request(config.state.run_dir, "thaw", CONTROL_MARGIN)
+    except control.NoDaemon:
+        closed = thaw_from_journal(_journal(config), HookSet.load(config))
     for line in (closed or {}).get("deferred_log", []):
         click.echo(line, err=True)
     result = closed or {"result": "nothing-frozen", "message": "nothing was frozen"}
@@ -137,22 +151,25 @@ def thaw(config_file, as_json):
 @config_option
 @json_option
 def status(config_file, as_json):
-    """Show what is frozen now, the time left, and the last result of each trigger."""
+    """Show the daemon, what is frozen now, the time left, and each trigger's last result."""
     config = load_config(config_file)
-    journal = _journal(config)
-    state = journal.active()
-    data = {"version": __version__, "active": None, "last": journal.last_results()}
-    if state:
-        data["active"] = {
-            "session": state["session"], "trigger": state.get("trigger"),
-            "status": state.get("status"), "mounts": [m["mount_point"] for m in state["mounts"]],
-            "seconds_left": max(0.0, state["deadline"] - time.time()),
-            "guard_running": process_alive(state.get("guard_process")),
-        }
+    try:
+        daemon = control.request(config.state.run_dir, "status", CONTROL_MARGIN)
+    except control.NoDaemon:
+        daemon = {"running": False}
+    data = {"version": __version__, "daemon": daemon}
+    data.update(_journal(config).status())
     _emit(data, as_json, _print_status)
 
 
 def _print_status(data):
+    daemon = data["daemon"]
+    if not daemon.get("running"):
+        click.echo("Daemon: not running (freeze and thaw act directly).")
+    else:
+        click.echo("Daemon: running, pid {}.".format(daemon.get("pid")))
+        for line in daemon.get("lines", []):
+            click.echo("  " + line)
     active = data["active"]
     if active:
         click.echo("Frozen by a {} session ({}): {}; {:.0f} s left.".format(

@@ -87,6 +87,7 @@ SCHEMA = {
         "address": (_text, ""),
         "cert-file": (_text, ""),
         "key-file": (_text, ""),
+        "tls-dir": (_text, "/etc/xe-quiesce/tls"),
     },
     "state": {
         "run-dir": (_text, "/run/xe-quiesce"),

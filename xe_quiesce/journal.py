@@ -113,6 +113,20 @@ class Journal(object):
             return state  # a detached freeze: the guard holds it until thaw or deadline
         return None
 
+    def status(self):
+        """What `status` shows from the journal: the live session and the last results."""
+        state = self.active()
+        active = None
+        if state:
+            active = {
+                "session": state["session"], "trigger": state.get("trigger"),
+                "status": state.get("status"),
+                "mounts": [mount["mount_point"] for mount in state.get("mounts", [])],
+                "seconds_left": max(0.0, state["deadline"] - time.time()),
+                "guard_running": process_alive(state.get("guard_process")),
+            }
+        return {"active": active, "last": self.last_results()}
+
     def guard_report(self, session_id):
         return self._load(self.guard_report_path(session_id))
 

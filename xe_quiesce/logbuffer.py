@@ -6,6 +6,8 @@ holds filesystems frozen, records go to a bounded buffer and are written after t
 """
 import collections
 import logging
+import logging.handlers
+import os
 import sys
 import threading
 
@@ -17,7 +19,7 @@ class LogGate(logging.Handler):
 
     def __init__(self, target, capacity=CAPACITY):
         logging.Handler.__init__(self)
-        self.target = target
+        self.targets = [target]
         self.buffer = collections.deque(maxlen=capacity)
         self.dropped = 0
         self.held = False
@@ -37,11 +39,15 @@ class LogGate(logging.Handler):
             pending, self.buffer = list(self.buffer), collections.deque(maxlen=self.buffer.maxlen)
             dropped, self.dropped = self.dropped, 0
         if dropped:
-            self.target.handle(logging.makeLogRecord({
+            self._pass(logging.makeLogRecord({
                 "name": __name__, "levelno": logging.WARNING, "levelname": "WARNING",
                 "msg": "%d log records were dropped while frozen", "args": (dropped,)}))
         for record in pending:
-            self.target.handle(record)
+            self._pass(record)
+
+    def _pass(self, record):
+        for target in self.targets:
+            target.handle(record)
 
     def drain(self):
         """Open the gate, returning the buffered records as text instead of writing them.
@@ -53,7 +59,7 @@ class LogGate(logging.Handler):
             self.held = False
             pending, self.buffer = list(self.buffer), collections.deque(maxlen=self.buffer.maxlen)
             self.dropped = 0
-        return [self.target.format(record) for record in pending]
+        return [self.targets[0].format(record) for record in pending]
 
     def emit(self, record):
         with self._gate:
@@ -62,7 +68,7 @@ class LogGate(logging.Handler):
                     self.dropped += 1
                 self.buffer.append(record)
                 return
-        self.target.handle(record)
+        self._pass(record)
 
 
 _gate = None
@@ -80,6 +86,24 @@ def setup_logging(verbose=False):
         logger.propagate = False
     logging.getLogger("xe_quiesce").setLevel(logging.DEBUG if verbose else logging.INFO)
     return _gate
+
+
+def add_syslog_when_detached(environ=None):
+    """A daemon started by sysvinit or OpenRC has stderr on /dev/null: log to syslog too.
+
+    Under systemd ($JOURNAL_STREAM) stderr already reaches the journal. /dev/log is a
+    socket, so this writes nothing to a filesystem.
+    """
+    environ = os.environ if environ is None else environ
+    if environ.get("JOURNAL_STREAM") or sys.stderr.isatty() or not os.path.exists("/dev/log"):
+        return False
+    try:
+        handler = logging.handlers.SysLogHandler(address="/dev/log")
+    except OSError:
+        return False
+    handler.setFormatter(logging.Formatter("xe-quiesce[%(process)d]: %(levelname)s: %(message)s"))
+    gate().targets.append(handler)
+    return True
 
 
 def gate():

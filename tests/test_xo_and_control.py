@@ -1,0 +1,242 @@
+"""Xen Orchestra's sync hook and the local control socket, against the real daemon.
+
+The daemon runs as its own process on the tests' real xenstored, with two loop
+filesystems; XO's requests are made with a real HTTPS client exactly as XO's code sends
+them (GET, no Authorization header, certificate not verified), over IPv4 and IPv6.
+"""
+import base64
+import http.client
+import json
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import pytest
+
+from tests.dom0sim import Dom0Sim
+from tests.guestd import GuestDaemon
+from tests.loopfs import is_frozen
+from xe_quiesce.host.snapwatchd_role import SnapshotResult
+
+SECRET = b"s3cret-for-xo"
+
+
+def free_port():
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
+        sock.bind(("::", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(predicate, timeout, what):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting for " + what)
+
+
+class XoRig(object):
+    def __init__(self, xenstored, loopfs, write_config, tmp_path):
+        self.xenstored = xenstored
+        self.tmp_path = tmp_path
+        self.filesystems = [loopfs("ext4"), loopfs("xfs")]
+        self.mounts = [fs.mount_point for fs in self.filesystems]
+        self.port = free_port()
+        self.write_config = write_config
+        self.snapshot_hold = None
+        self.sim = Dom0Sim(xenstored.uri, [str(uuid.uuid4()) for _ in self.mounts],
+                           self._take).start()
+        self.daemon = None
+
+    def _take(self, vdis, whole_vm):
+        if self.snapshot_hold:
+            self.snapshot_hold()
+        return SnapshotResult(str(uuid.uuid4()), {vdi: str(uuid.uuid4()) for vdi in vdis})
+
+    def start(self, allow_from="127.0.0.1 ::1", secret=False, max_frozen=10, log_path=None):
+        lines = ["[xo-sync-hook]", "port = {}".format(self.port),
+                 "tls-dir = {}".format(self.tmp_path / "tls")]
+        if allow_from:
+            lines.append("allow-from = " + allow_from)
+        if secret:
+            path = self.tmp_path / "secret"
+            path.write_bytes(SECRET + b"\n")
+            os.chmod(str(path), 0o600)
+            lines.append("secret-file = {}".format(path))
+        self.config = self.write_config(self.mounts, max_frozen=max_frozen,
+                                        extra="\n".join(lines))
+        notify_path = str(self.tmp_path / "notify.sock")
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        listener.bind(notify_path)
+        listener.settimeout(20)
+        self.daemon = GuestDaemon(self.config, ["--xenstore", self.xenstored.uri,
+                                                "--domain-path", self.sim.home],
+                                  log_path or str(self.tmp_path / "daemon.log"),
+                                  env={"NOTIFY_SOCKET": notify_path}).start()
+        try:
+            while listener.recv(256) != b"READY=1":
+                pass
+        finally:
+            listener.close()
+        return self
+
+    def get(self, path, host="127.0.0.1", headers=None, method="GET", timeout=30):
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        conn = http.client.HTTPSConnection(host, self.port, timeout=timeout, context=context)
+        try:
+            conn.request(method, path, headers=headers or {})
+            response = conn.getresponse()
+            return response.status, response.read().decode()
+        finally:
+            conn.close()
+
+    def cli(self, *args):
+        return subprocess.run(
+            [sys.executable, "-m", "xe_quiesce.cli"] + list(args) +
+            ["--config", self.config], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            universal_newlines=True, timeout=60)
+
+    def frozen(self):
+        return [is_frozen(point) for point in self.mounts]
+
+    def stop(self):
+        if self.daemon:
+            self.daemon.stop()
+        self.sim.stop()
+
+
+@pytest.fixture
+def xo(xenstored, loopfs, write_config, tmp_path):
+    rig = XoRig(xenstored, loopfs, write_config, tmp_path)
+    yield rig
+    rig.stop()
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_sync_freezes_and_post_sync_thaws(xo, host):
+    xo.start()
+    status, body = xo.get("/sync", host=host)
+    assert status == 200 and body.startswith("frozen:"), body
+    assert xo.frozen() == [True, True]
+    status, body = xo.get("/post-sync", host=host)
+    assert status == 200 and body.startswith("thawed"), body
+    assert xo.frozen() == [False, False]
+    status, body = xo.get("/post-sync", host=host)
+    assert (status, body.strip()) == (200, "nothing was frozen")
+    last = json.loads(xo.cli("status", "--json").stdout)["last"]["xo"]
+    assert last["result"] == "thawed"
+
+
+def test_no_post_sync_thaws_at_the_deadline(xo):
+    xo.start(max_frozen=2)
+    started = time.monotonic()
+    assert xo.get("/sync")[0] == 200
+    wait_until(lambda: xo.frozen() == [False, False], 2 + 1.5, "the deadline thaw")
+    assert time.monotonic() - started <= 2 + 1.5
+    assert xo.get("/post-sync") == (200, "nothing was frozen\n")
+
+
+def test_with_a_secret_the_bearer_header_is_required(xo):
+    xo.start(allow_from="", secret=True)
+    assert xo.get("/sync")[0] == 403
+    wrong = {"Authorization": "Bearer " + base64.b64encode(b"guess").decode()}
+    assert xo.get("/sync", headers=wrong)[0] == 403
+    assert xo.frozen() == [False, False]
+    right = {"Authorization": "Bearer " + base64.b64encode(SECRET).decode()}
+    assert xo.get("/sync", headers=right)[0] == 200
+    assert xo.frozen() == [True, True]
+    assert xo.get("/post-sync", headers=right)[0] == 200
+
+
+def test_refusals_freeze_nothing(xo):
+    xo.start(allow_from="192.0.2.0/24")  # loopback is not an XO server here
+    assert xo.get("/sync")[0] == 403
+    assert xo.get("/sync", host="::1")[0] == 403
+    assert xo.frozen() == [False, False]
+
+
+def test_other_paths_methods_and_a_second_sync(xo):
+    xo.start()
+    assert xo.get("/")[0] == 404
+    assert xo.get("/sync", method="POST")[0] == 404
+    assert xo.get("/snapshot")[0] == 404
+    assert xo.frozen() == [False, False]
+    assert xo.get("/sync")[0] == 200
+    status, body = xo.get("/sync")
+    assert status == 409 and "xo session" in body
+    assert xo.get("/post-sync")[0] == 200
+
+
+def test_listener_off_without_allow_from_or_secret(xo):
+    xo.start(allow_from="")
+    with pytest.raises(OSError):
+        xo.get("/sync", timeout=3)
+    status = xo.cli("status")
+    assert "Xen Orchestra sync hook: off (the Xen Orchestra sync hook is off: set" in status.stdout
+
+
+def test_cli_goes_through_the_daemon_and_busy_names_the_other_trigger(xo):
+    xo.start()
+    frozen = xo.cli("freeze", "--json")
+    assert frozen.returncode == 0, frozen.stderr
+    assert json.loads(frozen.stdout)["trigger"] == "cli"
+    assert xo.frozen() == [True, True]
+    status, body = xo.get("/sync")
+    assert status == 409 and "cli session" in body
+    status, body = xo.get("/post-sync")
+    assert status == 409, "XO must not thaw the admin's freeze"
+    text = xo.cli("status").stdout
+    assert "Daemon: running" in text and "Frozen by a cli session" in text
+    thaw = xo.cli("thaw", "--json")
+    assert thaw.returncode == 0 and json.loads(thaw.stdout)["result"] == "thawed"
+    assert xo.frozen() == [False, False]
+    assert xo.get("/sync")[0] == 200
+    busy = xo.cli("freeze")
+    assert busy.returncode == 1 and "a xo session" in busy.stderr
+    assert xo.get("/post-sync")[0] == 200
+
+
+def test_xapi_session_makes_the_others_busy(xo):
+    xo.start()
+    answers = {}
+
+    def during_snapshot():
+        answers["sync"] = xo.get("/sync")
+        answers["cli"] = xo.cli("thaw")
+
+    xo.snapshot_hold = during_snapshot
+    xo.sim.snapshot_with_quiesce()
+    assert answers["sync"][0] == 409 and "xapi session" in answers["sync"][1]
+    assert answers["cli"].returncode == 1 and "a xapi session" in answers["cli"].stderr
+    assert xo.frozen() == [False, False]
+
+
+def test_post_sync_is_served_while_frozen_with_the_log_on_a_frozen_filesystem(xo):
+    """The daemon's own stderr is a file on a frozen filesystem here: nothing may block."""
+    xo.start(log_path=xo.filesystems[0].path("daemon.log"))
+    assert xo.get("/sync")[0] == 200
+    results = []
+    worker = threading.Thread(target=lambda: results.append(xo.get("/post-sync", timeout=8)))
+    worker.start()
+    worker.join(10)
+    assert results and results[0][0] == 200
+    assert xo.frozen() == [False, False]
+
+
+def test_cli_without_daemon_acts_directly(loopfs, write_config, xe_quiesce):
+    fs = loopfs("ext4")
+    config = write_config([fs.mount_point])
+    status = xe_quiesce("status", "--config", config)
+    assert "Daemon: not running" in status.stdout
+    assert xe_quiesce("freeze", "--config", config).returncode == 0
+    assert is_frozen(fs.mount_point)
+    assert xe_quiesce("thaw", "--config", config).returncode == 0
+    assert not is_frozen(fs.mount_point)

@@ -1,0 +1,98 @@
+"""`xe-quiesce run` assembled: every trigger around one coordinator, one journal.
+
+Triggers: the xenstore conversation (its own loop, the main thread), Xen Orchestra's
+HTTPS sync hook, and the local control socket the CLI uses. They share the journal's
+one-session rule, so a request while another trigger's session is active gets a busy
+error naming that trigger.
+"""
+import logging
+import os
+
+from . import __version__, logbuffer
+from .control import ControlServer
+from .coordinator import Coordinator
+from .errors import BusyError, QuiesceError
+from .guest_agent import GuestAgent
+from .hooks import HookSet
+from .journal import Journal
+from .session import busy_message, thaw_from_journal
+from .xo_hook import SyncHook
+
+log = logging.getLogger(__name__)
+CLI = "cli"
+
+
+class Daemon(object):
+    def __init__(self, config, client, domain_path=None, environ=None):
+        self.config = config
+        self.journal = Journal(config.state.run_dir)
+        self.coordinator = Coordinator(config)
+        self.sync_hook = SyncHook(config, self.coordinator)
+        self.agent = GuestAgent(config, client, domain_path, environ=environ)
+        self.control = ControlServer(config.state.run_dir, {
+            "freeze": self.cli_freeze, "thaw": self.cli_thaw, "status": self.status})
+        self.sync_hook_error = None
+
+    def run(self):
+        logbuffer.add_syslog_when_detached()
+        self.journal.ensure_dir()
+        closed = self.journal.reconcile()
+        if closed:
+            log.warning("earlier session %s (%s): %s", closed["session"], closed.get("trigger"),
+                        closed["message"])
+        self.control.start()
+        try:
+            try:
+                self.sync_hook.start()
+            except QuiesceError as error:
+                self.sync_hook_error = str(error)
+                log.error("Xen Orchestra sync hook not started: %s", error)
+            self.agent.run()
+        finally:
+            self.sync_hook.stop()
+            self.control.stop()
+            self.coordinator.shutdown()
+
+    def cli_freeze(self, request):
+        timeout = request.get("timeout")
+        if timeout is not None and not isinstance(timeout, (int, float)):
+            raise QuiesceError("timeout must be a number of seconds")
+        return self.coordinator.freeze(CLI, timeout)
+
+    def cli_thaw(self, _request):
+        """The admin may thaw what the daemon holds, or a CLI freeze from before it ran;
+        not a xenstore session, which the host is waiting on."""
+        summary = self.coordinator.thaw(CLI)
+        if summary is not None:
+            return summary
+        active = self.journal.active()
+        if active and active.get("trigger") == "xapi":
+            raise BusyError(busy_message(active) + "; the host's snapshot is waiting on it")
+        return thaw_from_journal(self.journal, HookSet.load(self.config))
+
+    def status(self, _request):
+        agent = self.agent
+        held = self.coordinator.held_trigger()
+        xo_on = bool(self.sync_hook.servers)
+        data = {
+            "running": True, "pid": os.getpid(), "version": __version__,
+            "xenstore": {"uri": agent.client.uri, "domain_path": agent.domain_path,
+                         "feature_advertised": not agent.feature_refused,
+                         "conversation": agent.machine.state if agent.machine else None},
+            "xo_sync_hook": {"on": xo_on, "port": self.config.xo.port if xo_on else None,
+                             "fingerprint": self.sync_hook.fingerprint() if xo_on else None,
+                             "off_reason": self.sync_hook_error or self.sync_hook.off_reason()},
+            "held_by_daemon": held,
+        }
+        xs = data["xenstore"]
+        lines = ["xenstore: {} at {}, control/feature-quiesce {}".format(
+            xs["uri"], xs["domain_path"], "advertised" if xs["feature_advertised"]
+            else "refused by the host's permissions")]
+        if xo_on:
+            lines.append("Xen Orchestra sync hook: on, port {}, certificate {}".format(
+                data["xo_sync_hook"]["port"], data["xo_sync_hook"]["fingerprint"]))
+        else:
+            lines.append("Xen Orchestra sync hook: off ({})".format(
+                data["xo_sync_hook"]["off_reason"]))
+        data["lines"] = lines
+        return data
