@@ -510,6 +510,6 @@ def test_advertisement_refused_is_logged_not_fatal(xenstored, config_for, loopfs
         assert client.read(home + "/data/xe-quiesce/state") == "idle"
         assert client.read(home + "/data/xe-quiesce/version")
         assert not client.exists(home + "/control/feature-quiesce")
-    refusals = [r for r in caplog.records if "cannot advertise" in r.getMessage()]
+    refusals = [r for r in caplog.records if "will not ask this guest" in r.getMessage()]
     levels = [r.levelno for r in refusals]  # said once, then quiet on each retry
     assert levels[0] == logging.WARNING and levels[1:] and set(levels[1:]) == {logging.DEBUG}

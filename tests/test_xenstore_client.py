@@ -3,7 +3,9 @@
 The emulator tests run every scenario with each kernel quirk switched on, and the
 pyxs tests show the quirks are real: plain pyxs 0.4.1 hangs on them.
 """
+import contextlib
 import copy
+import socket
 import threading
 import time
 
@@ -86,8 +88,10 @@ def test_bad_uri_is_refused_clearly(uri):
 
 def test_default_xenbus_uri_reports_missing_device(monkeypatch, tmp_path):
     monkeypatch.setattr("xe_quiesce.xenstore.XENBUS_DEVICES", (str(tmp_path / "none"),))
+    start = time.monotonic()
     with pytest.raises(XenstoreConnectionError, match="no xenbus device"):
         XenstoreClient().connect()
+    assert time.monotonic() - start < 1.0  # not retried for the 10 s timeout
 
 
 def test_api_over_unix_socket(client):
@@ -207,6 +211,58 @@ def test_request_during_outage_waits_for_xenstored(xenstored):
     c.close()
 
 
+@contextlib.contextmanager
+def full_backlog(xenstored):
+    """xenstored stopped with its listen backlog full, as when every client of a
+    restarted daemon reconnects at once: a non-blocking connect gets EAGAIN."""
+    xenstored.pause()
+    queued = []
+    try:
+        for _ in range(64):  # C xenstored listens with a backlog of 1
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            queued.append(sock)
+            try:
+                sock.connect(xenstored.socket_path)
+            except BlockingIOError:
+                break
+        else:
+            raise AssertionError("xenstored's listen backlog never filled")
+        yield
+    finally:
+        for sock in queued:
+            sock.close()
+        xenstored.resume()
+
+
+def test_first_connect_waits_while_the_backlog_is_full(xenstored):
+    c = XenstoreClient(xenstored.uri, timeout=3.0)
+    with full_backlog(xenstored):
+        # Resumed, xenstored accepts the queued connections and frees the backlog.
+        timer = threading.Timer(0.5, xenstored.resume)
+        timer.start()
+        start = time.monotonic()
+        try:
+            c.connect()
+        finally:
+            timer.join()
+        assert time.monotonic() - start >= 0.4  # it did meet the full backlog
+    c.write("/first", "1")
+    assert c.read("/first") == "1"
+    c.close()
+
+
+def test_first_connect_gives_up_clearly_within_the_timeout(xenstored):
+    c = XenstoreClient(xenstored.uri, timeout=0.5)
+    with full_backlog(xenstored):
+        start = time.monotonic()
+        with pytest.raises(XenstoreConnectionError,
+                           match=r"gave up after 0\.\d s.*listen backlog full"):
+            c.connect()
+        assert 0.45 <= time.monotonic() - start < 1.5
+    assert not c.connected
+
+
 def test_reconnect_gives_up_within_the_timeout(xenstored):
     c = XenstoreClient(xenstored.uri, timeout=0.5)
     c.connect()
@@ -271,6 +327,137 @@ def test_drop_over_xenbus_reconnects_and_rewatches(emulator):
     emulator.drop()
     assert c.read("/bus/w") == "1"  # a request notices the drop too
     assert reconnects == [1, 1]
+    c.close()
+
+
+def wait_until(predicate, what, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def in_background(call):
+    """Start call in a thread; the returned dict gets "result" or "error"."""
+    outcome = {}
+
+    def run():
+        try:
+            outcome["result"] = call()
+        except Exception as exc:  # handed to the test thread
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    outcome["thread"] = worker
+    return outcome
+
+
+# The guest's request, and what xenstored holds once it was applied.
+NOT_IDEMPOTENT = {
+    "write": (lambda c: c.write("/V/status", "create-snapshots"), "create-snapshots"),
+    "rm": (lambda c: c.rm("/V/status"), None),
+}
+
+
+@pytest.mark.parametrize("op", list(NOT_IDEMPOTENT))
+def test_request_applied_before_a_drop_is_not_resent(xenbus_emulator, xenstored, op):
+    """The incident: the guest's V/status write re-sent after dom0 had written
+    snapshots-created over it. Replies are held 1 s so the drop lands between
+    xenstored applying the request and the guest seeing the reply."""
+    call, applied = NOT_IDEMPOTENT[op]
+    emulator = xenbus_emulator(events_first=True, hold=1.0)
+    guest = bus_client(emulator, timeout=5.0)
+    with XenstoreClient(xenstored.uri, timeout=2.0) as dom0:
+        dom0.write("/V/status", "idle")
+        pending = in_background(lambda: call(guest))
+        wait_until(lambda: dom0.read_or("/V/status") == applied, "the request applied")
+        dom0.write("/V/status", "snapshots-created")
+        emulator.drop()
+        pending["thread"].join(5)
+        error = pending.get("error")
+        assert isinstance(error, XenstoreConnectionError), pending
+        assert "outcome is unknown" in str(error)
+        assert dom0.read("/V/status") == "snapshots-created"  # not overwritten
+    assert guest.read("/V/status") == "snapshots-created"  # the next call reconnects
+    assert emulator.sessions_opened == 2
+    guest.close()
+
+
+def test_read_in_flight_at_a_drop_is_resent(xenbus_emulator, xenstored):
+    emulator = xenbus_emulator(events_first=True, hold=1.0)
+    guest = bus_client(emulator, timeout=5.0)
+    with XenstoreClient(xenstored.uri) as dom0:
+        dom0.write("/V/r", "1")
+
+    def reads():
+        with open(xenstored.trace_path) as trace:
+            return trace.read().count("READ (/V/r )")
+
+    pending = in_background(lambda: guest.read("/V/r"))
+    wait_until(lambda: reads() == 1, "xenstored to get the READ")
+    emulator.drop()
+    pending["thread"].join(5)
+    assert pending.get("result") == "1", pending
+    assert reads() == 2
+    guest.close()
+
+
+def test_write_not_sent_before_a_drop_is_sent_after_reconnecting(xenbus_emulator):
+    emulator = xenbus_emulator()
+    c = bus_client(emulator)
+    c.write("/bus/s", "0")
+    emulator.drop()  # unnoticed: the WRITE fails on the dead device before a byte goes
+    c.write("/bus/s", "1")
+    assert emulator.sessions_opened == 2
+    assert c.read("/bus/s") == "1"
+    c.close()
+
+
+def test_rewatch_has_its_own_budget_not_the_waits(xenbus_emulator):
+    """Every reply takes 0.3 s; waits of 0.1 s must still re-register the watch
+    (before: each wait timed re-registration out, dropped and reconnected again)."""
+    emulator = xenbus_emulator(events_first=True, hold=0.3)
+    c = bus_client(emulator, timeout=3.0)
+    reconnects = []
+    c.on_reconnect = lambda: reconnects.append(1)
+    c.write("/bus/w", "0")
+    c.watch("/bus/w", "tok")
+    assert until(c, ("/bus/w", "tok"))
+    emulator.drop()
+    for _ in range(5):
+        c.wait_event(0.1)
+    assert reconnects == [1] and emulator.sessions_opened == 2 and c.connected
+    c.write("/bus/w", "1")
+    assert until(c, ("/bus/w", "tok"))
+    c.close()
+
+
+def test_failed_rewatch_leaves_the_client_disconnected(xenbus_emulator, xenstored):
+    emulator = xenbus_emulator()
+    c = bus_client(emulator, timeout=0.5)
+    reconnects = []
+    c.on_reconnect = lambda: reconnects.append(1)
+    c.write("/bus/w", "0")
+    c.watch("/bus/w", "tok")
+    assert until(c, ("/bus/w", "tok"))
+    xenstored.pause()
+    try:
+        emulator.drop()
+        start = time.monotonic()
+        assert c.wait_event(0.1) is None
+        # Re-registration had the client's 0.5 s, not what was left of the 0.1 s.
+        assert 0.45 <= time.monotonic() - start < 1.5
+        assert not c.connected and reconnects == []
+        with pytest.raises(XenstoreConnectionError, match="re-registering 1 watch"):
+            c.read("/bus/w")
+    finally:
+        xenstored.resume()
+    # The watch was kept: the next call re-registers it, and it fires.
+    assert until(c, ("/bus/w", "tok"))
+    assert reconnects == [1]
+    c.write("/bus/w", "1")
+    assert until(c, ("/bus/w", "tok"))
     c.close()
 
 

@@ -17,10 +17,16 @@ and permission checks) and owns the connection and the routing itself:
 - every request has a deadline (``timeout``) and raises ``XenstoreTimeout`` after it.
   A timed-out connection is closed, so a late reply can never be taken as the answer
   to a later request;
+- connecting is retried with a bounded back-off within ``timeout``, the first time
+  too: right after a xenstored restart every client reconnects at once and a full
+  listen backlog answers EAGAIN;
 - on EOF or an I/O error (xenstored restart, suspend/resume) the client reopens the
-  connection with a bounded back-off, re-registers its watches, calls
-  ``on_reconnect`` and re-sends the request (every request this client makes is
-  idempotent);
+  connection, re-registers its watches (with a budget of its own, ``timeout``),
+  calls ``on_reconnect`` and re-sends the request if that is safe: reads and watch
+  (un)registration always, a WRITE, RM, MKDIR or SET_PERMS only if it had not been
+  sent whole. One that had may have been applied, and a re-send could overwrite
+  what another party wrote since, so it raises ``XenstoreConnectionError`` (outcome
+  unknown) and the caller decides;
 - values written with ``write`` must be printable ASCII: anything else raises
   ``XenstoreValueError`` before a byte is sent. The empty value is sent as a raw
   packet (pyxs 0.4.1 refuses it). ``write_bytes`` writes raw bytes (the dom0
@@ -85,8 +91,21 @@ class XenstoreValueError(XenstoreError, ValueError):
 _ERRORS = {"ENOENT": XenstoreNotFound, "EACCES": XenstorePermissionError}
 
 
+# Requests whose re-send after a drop cannot undo anything another party did since.
+_IDEMPOTENT = frozenset((Op.READ, Op.DIRECTORY, Op.GET_PERMS, Op.GET_DOMAIN_PATH,
+                         Op.WATCH, Op.UNWATCH))
+
+
 class _Dropped(Exception):
-    """The connection ended (EOF, I/O error, garbage framing); reconnect."""
+    """The connection ended (EOF, I/O error, garbage framing); reconnect.
+
+    ``sent`` is True once the whole request was written: it may then have reached
+    xenstored (a partial message is discarded when the connection goes).
+    """
+
+    def __init__(self, message, sent=False):
+        super().__init__(message)
+        self.sent = sent
 
 
 def parse_uri(uri):
@@ -123,15 +142,16 @@ class _Channel:
     blocks even with a zero length.
     """
 
-    def __init__(self, kind, path, timeout):
+    def __init__(self, kind, path):
         self.name = f"{kind}:{path}"
         self._sock = None
         try:
             if kind == "unix":
                 self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                self._sock.settimeout(timeout)  # a stopped daemon's full backlog blocks
-                self._sock.connect(path)
+                # Never blocks: a full listen backlog is EAGAIN at once, and the
+                # caller retries with back-off within its deadline.
                 self._sock.setblocking(False)
+                self._sock.connect(path)
                 self.fd = self._sock.fileno()
             else:
                 # O_NOCTTY: harmless on the device, and keeps a pty (the test
@@ -140,8 +160,9 @@ class _Channel:
         except OSError as exc:
             if self._sock is not None:
                 self._sock.close()
+            busy = " (listen backlog full)" if exc.errno == errno.EAGAIN else ""
             raise XenstoreConnectionError(
-                f"cannot connect to {self.name}: {exc}")
+                f"cannot connect to {self.name}{busy}: {exc}")
         self._buf = bytearray()
 
     def close(self):
@@ -288,18 +309,13 @@ class XenstoreClient:
     # -- connection ------------------------------------------------------------
 
     def connect(self):
-        """Open the connection.
+        """Open the connection, retrying with back-off for up to ``timeout`` s.
 
-        The first connection is tried once and raises ``XenstoreConnectionError`` at
-        once (a clear error at start-up); after a drop this is a reconnect like any
-        other call's, with back-off, watch re-registration and ``on_reconnect``.
+        Raises ``XenstoreConnectionError`` after that, or at once if there is no
+        xenbus device at all. After a drop this is a reconnect like any other
+        call's, with watch re-registration and ``on_reconnect``.
         """
-        if self._channel is not None:
-            return
-        if self._ever_connected:
-            self._ensure_connected(time.monotonic() + self.timeout)
-        else:
-            self._open()
+        self._ensure_connected(time.monotonic() + self.timeout)
 
     def close(self):
         """Close the connection; the next call opens it again."""
@@ -308,9 +324,8 @@ class XenstoreClient:
         self._watches.clear()
         self._events.clear()
 
-    def _open(self):
-        path = self._path or _find_xenbus()
-        self._channel = _Channel(self._kind, path, self.timeout)
+    def _open(self, path):
+        self._channel = _Channel(self._kind, path)
         self._ever_connected = True
         LOG.debug("connected to %s", self._channel.name)
 
@@ -320,28 +335,41 @@ class XenstoreClient:
             self._channel = None
 
     def _ensure_connected(self, deadline):
-        """Reconnect with bounded back-off, re-register watches, fire on_reconnect."""
+        """(Re)connect with bounded back-off until ``deadline``, re-register the
+        watches, fire on_reconnect.
+
+        Re-registration gets its own budget of ``timeout`` s, not what is left of
+        the caller's deadline (a 0.25 s wait_event would time it out spuriously,
+        again at every call). If it fails anyway, the client stays disconnected with
+        its watches remembered, so the next call tries again.
+        """
         if self._channel is not None:
             return
         reconnect = self._ever_connected
+        path = self._path or _find_xenbus()  # no device at all is not worth retrying
+        start = time.monotonic()
         delay = _BACKOFF_FIRST
         while True:
             try:
-                self._open()
-                for path, token in list(self._watches):
-                    self._register(path, token, deadline)
+                self._open(path)
+                register_deadline = time.monotonic() + self.timeout
+                for watch_path, token in list(self._watches):
+                    self._register(watch_path, token, register_deadline)
                 break
             except (XenstoreConnectionError, _Dropped) as exc:
                 self._drop()
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise XenstoreConnectionError(
-                        f"cannot reach xenstore at {self.uri}: {exc}")
+                        f"cannot reach xenstore at {self.uri} "
+                        f"(gave up after {time.monotonic() - start:.1f} s): {exc}")
                 time.sleep(min(delay, left))
                 delay = min(delay * 2, _BACKOFF_MAX)
-            except XenstoreTimeout:
+            except XenstoreTimeout as exc:
                 self._drop()
-                raise
+                raise XenstoreConnectionError(
+                    f"re-registering {len(self._watches)} watch(es) at {self.uri} "
+                    f"failed, the next call retries: {exc}")
         if reconnect:
             LOG.info("reconnected to %s; %d watch(es) re-registered",
                      self.uri, len(self._watches))
@@ -364,7 +392,11 @@ class XenstoreClient:
         rq_id = self._next_rq_id
         self._channel.send(Packet(op, payload, rq_id, 0), deadline)
         while True:
-            packet = self._channel.recv(deadline)
+            try:
+                packet = self._channel.recv(deadline)
+            except _Dropped as exc:
+                exc.sent = True
+                raise
             if packet is None:
                 raise XenstoreTimeout(
                     f"no reply to {Op._fields[op]} within {self.timeout:g} s from {self.uri}")
@@ -398,6 +430,12 @@ class XenstoreClient:
                 LOG.warning("xenstore connection lost during %s %s: %s",
                             Op._fields[op], what, exc)
                 self._drop()
+                if exc.sent and op not in _IDEMPOTENT:
+                    raise XenstoreConnectionError(
+                        f"xenstore {Op._fields[op]} {what}: the connection to "
+                        f"{self.uri} was lost after the request was sent; its outcome "
+                        "is unknown and it was not re-sent (a newer value may be "
+                        f"there now): {exc}")
             except XenstoreTimeout:
                 self._drop()
                 raise
@@ -442,8 +480,9 @@ class XenstoreClient:
 
         Events are hints: xenstore fires once at registration and may fire
         spuriously, so re-read the node. A dropped connection is re-established
-        (and watches re-registered) within this call's timeout; if it cannot be, the
-        call returns None and ``connected`` stays False.
+        within this call's timeout (re-registering the watches may take up to the
+        client's ``timeout`` more); if it cannot be, the call returns None and
+        ``connected`` stays False.
         """
         deadline = time.monotonic() + timeout
         while True:
