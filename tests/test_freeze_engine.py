@@ -9,6 +9,7 @@ import time
 import pytest
 
 from tests.loopfs import is_frozen, run
+from xe_quiesce.config import parse_config
 from xe_quiesce.errors import BusyError, FreezeError
 from xe_quiesce.session import QuiesceSession, make_plan
 
@@ -264,3 +265,11 @@ def test_stderr_on_the_frozen_filesystem_does_not_block(loopfs, write_config, xe
         assert "already frozen by someone else" in thaw.stderr
     finally:
         run("fsfreeze", "-u", taken.mount_point)
+
+
+def test_this_machine_default_plan_freezes_nothing():
+    """The test machine has no Xen VBD: the default rule must leave its root alone."""
+    plan = make_plan(parse_config(""))
+    assert plan.filesystems == []
+    root = [skip for skip in plan.skipped if skip.mount_point == "/"]
+    assert root and "Xen VBD" in root[0].reason
