@@ -8,7 +8,7 @@ VENV_OLDEST := .venv-oldest
 # Newest dependencies, then the oldest versions that setup.cfg declares.
 DEPS_NEWEST := click psutil pyxs
 DEPS_OLDEST := click==6.7 psutil==5.4.8 pyxs==0.4.1
-TEST_TOOLS := pytest vermin ruff
+TEST_TOOLS := pytest vermin ruff XenAPI
 APT_STAMP := /var/cache/xe-quiesce/apt.stamp
 APT_PACKAGES = $(shell cat .ci/apt/*.txt | sed 's/\#.*//')
 ARTIFACTS := artifacts
@@ -34,7 +34,7 @@ $(VENV)/stamp: setup.cfg setup.py
 $(VENV_OLDEST)/stamp: setup.cfg setup.py
 	$(PYTHON) -m venv $(VENV_OLDEST)
 	$(VENV_OLDEST)/bin/pip install -q --upgrade pip
-	$(VENV_OLDEST)/bin/pip install -q $(DEPS_OLDEST) pytest
+	$(VENV_OLDEST)/bin/pip install -q $(DEPS_OLDEST) pytest XenAPI
 	$(VENV_OLDEST)/bin/pip install -q --no-deps -e .
 	touch $@
 
@@ -42,8 +42,8 @@ venvs: $(VENV)/stamp $(VENV_OLDEST)/stamp
 deps: apt venvs
 
 lint: $(VENV)/stamp
-	$(VENV)/bin/vermin --no-tips --violations --target=3.6- --eval-annotations xe_quiesce
-	$(VENV)/bin/ruff check xe_quiesce tests
+	$(VENV)/bin/vermin --no-tips --violations --target=3.6- --eval-annotations xe_quiesce host-plugin/xe-quiesce
+	$(VENV)/bin/ruff check xe_quiesce tests host-plugin/xe-quiesce
 
 # pytest exits 5 when it ran no test: that must fail, so only 0 passes.
 unit-newest: deps

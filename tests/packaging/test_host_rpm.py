@@ -1,0 +1,117 @@
+"""The dom0 package xe-quiesce-host (`make rpm-host`): files, scriptlets, dependencies,
+rpmlint, and its command and XAPI plugin running from the unpacked payload alone."""
+import os
+import re
+import subprocess
+import tempfile
+import xmlrpc.client
+
+import pytest
+
+from .conftest import REPO, _built
+
+HOST_PKG = "xe-quiesce-host"
+SHARE = "/usr/share/xe-quiesce-host"
+SYS_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8"}
+
+
+@pytest.fixture(scope="module")
+def host_rpm(version):
+    return _built("%s-%s-1.noarch.rpm" % (HOST_PKG, version))[0]
+
+
+@pytest.fixture(scope="module")
+def payload(host_rpm):
+    with tempfile.TemporaryDirectory() as root:
+        subprocess.run("rpm2cpio '%s' | cpio -idm --quiet" % host_rpm, shell=True, cwd=root,
+                       check=True)
+        yield root
+
+
+def rpm_q(path, *args):
+    return subprocess.run(["rpm", "-qp"] + list(args) + [path], check=True,
+                          stdout=subprocess.PIPE, universal_newlines=True).stdout
+
+
+def test_files(host_rpm):
+    listed = set(rpm_q(host_rpm, "-l").split())
+    assert {"/usr/bin/xe-quiesce-host", "/etc/xapi.d/plugins/xe-quiesce",
+            SHARE + "/lib/xe_quiesce/host/cli.py", SHARE + "/lib/xe_quiesce/host/plugin.py",
+            SHARE + "/lib/pyxs/client.py", SHARE + "/lib/click/core.py",
+            SHARE + "/fallback/XenAPI/XenAPI.py", SHARE + "/fallback/XenAPIPlugin.py",
+            "/usr/share/doc/xe-quiesce-host-%s/README.md" % rpm_q(host_rpm, "--qf",
+                                                                 "%{VERSION}")} <= listed
+    # private: nothing in site-packages (no clash with the guest package), no service
+    assert not [p for p in listed if "site-packages" in p or "systemd" in p or "init.d" in p]
+    modes = dict(line.split() for line in rpm_q(
+        host_rpm, "--qf", "[%{FILENAMES} %{FILEMODES:perms}\n]").splitlines())
+    assert modes["/etc/xapi.d/plugins/xe-quiesce"] == "-rwxr-xr-x"
+    assert modes["/usr/bin/xe-quiesce-host"] == "-rwxr-xr-x"
+
+
+def test_noarch_without_scriptlets(host_rpm):
+    """Nothing runs at install: XAPI finds plugins by name, no toolstack restart."""
+    assert rpm_q(host_rpm, "--qf", "%{ARCH}") == "noarch"
+    assert rpm_q(host_rpm, "--scripts").strip() == ""
+
+
+def test_requires_only_python3_and_xapi(host_rpm):
+    requires = {line.split()[0] for line in rpm_q(host_rpm, "--requires").splitlines()
+                if not line.startswith("rpmlib(")}
+    assert requires == {"/usr/bin/python3", "python3", "xapi-core"}
+    provides = rpm_q(host_rpm, "--provides")
+    for bundled in ("python3-pyxs) = 0.4.1", "python3-click) = 7.1.2",
+                    "python3-XenAPI) = 26.21.1"):
+        assert "bundled(" + bundled in provides
+
+
+def test_rpmlint_clean(host_rpm):
+    # Filters, each with its reason, are in rpm/xe-quiesce-host.rpmlint.toml.
+    proc = subprocess.run(["rpmlint", "-c", "rpm/xe-quiesce-host.rpmlint.toml",
+                           "rpm/xe-quiesce-host.spec", host_rpm], cwd=REPO, env=SYS_ENV,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          universal_newlines=True)
+    assert proc.returncode == 0 and re.search(r"\b0 errors, 0 warnings\b", proc.stdout), \
+        proc.stdout
+
+
+def relocated(payload, path):
+    """The payload's script with its private paths pointing into the payload."""
+    with open(os.path.join(payload, path.lstrip("/"))) as handle:
+        text = handle.read()
+    assert text.startswith("#!/usr/bin/python3")
+    assert 'sys.path.insert(0, "%s/lib")' % SHARE in text
+    assert 'sys.path.append("%s/fallback")' % SHARE in text
+    script = os.path.join(payload, os.path.basename(path) + ".relocated")
+    with open(script, "w") as handle:
+        handle.write(text.replace(SHARE, payload + SHARE))
+    return script
+
+
+def test_command_runs_from_the_payload_alone(payload):
+    """Isolated system Python (-I): click, pyxs and XenAPI all come from the package."""
+    script = relocated(payload, "/usr/bin/xe-quiesce-host")
+    out = subprocess.run(["/usr/bin/python3", "-I", script, "snapshot", "--help"],
+                         env=SYS_ENV, check=True, stdout=subprocess.PIPE,
+                         universal_newlines=True).stdout
+    assert "--fallback [crash-consistent]" in out
+    probe = ("import sys; sys.path.insert(0, %r); sys.path.append(%r); import click, pyxs, "
+             "XenAPI, XenAPIPlugin; print(click.__version__, pyxs.__file__, XenAPI.__file__)"
+             % (payload + SHARE + "/lib", payload + SHARE + "/fallback"))
+    version, pyxs, xenapi = subprocess.run(
+        ["/usr/bin/python3", "-I", "-c", probe], env=SYS_ENV, check=True,
+        stdout=subprocess.PIPE, universal_newlines=True).stdout.split()
+    assert version == "7.1.2"
+    assert pyxs.startswith(payload + SHARE + "/lib/pyxs/")
+    assert xenapi.startswith(payload + SHARE + "/fallback/XenAPI/")
+
+
+def test_plugin_loads_and_dispatches_from_the_payload(payload):
+    """Run as XAPI runs it: the call in argv[1], an XML-RPC answer on stdout."""
+    script = relocated(payload, "/etc/xapi.d/plugins/xe-quiesce")
+    call = xmlrpc.client.dumps(("OpaqueRef:session", {"vm": "x"}), "no-such-function")
+    out = subprocess.run(["/usr/bin/python3", "-I", script, call], env=SYS_ENV, check=True,
+                         stdout=subprocess.PIPE, universal_newlines=True).stdout
+    (answer,), _ = xmlrpc.client.loads(out)
+    assert answer == {"Status": "Failure",
+                      "ErrorDescription": ["UNKNOWN_XENAPI_PLUGIN_FUNCTION", "no-such-function"]}

@@ -1,0 +1,58 @@
+"""The XAPI host plugin `xe-quiesce`: the companion's operations for any XenAPI client.
+
+XAPI runs /etc/xapi.d/plugins/xe-quiesce for `host.call_plugin(host, "xe-quiesce",
+fn, args)`; that script hands `FUNCTIONS` to `XenAPIPlugin.dispatch`, which calls
+`fn(session, args)` with the caller's session and a string-to-string args map, and
+returns the string result (or, for an exception, XENAPI_PLUGIN_FAILURE with its
+message) to the caller.
+
+    snapshot  args vm (uuid or name-label), name, timeout (s), fallback
+              (crash-consistent); returns the snapshot's uuid
+    check     args vm; returns the check report as JSON
+"""
+import json
+
+from . import companion, xapi_role
+from .xenapi_ops import HostError, api_errors, rebind
+
+SNAPSHOT_ARGS = ("vm", "name", "timeout", "fallback")
+
+
+def _args(args, known):
+    unknown = sorted(set(args) - set(known))
+    if unknown:
+        raise HostError("unknown argument(s) {} (known: {})".format(
+            ", ".join(unknown), ", ".join(known)))
+    if not args.get("vm"):
+        raise HostError("the argument vm (a VM uuid or name-label) is required")
+    return args
+
+
+def _api(session, settings):
+    # The caller's session, spoken to where the settings say XAPI is (tests only).
+    return rebind(session, settings.xapi_url).xenapi
+
+
+def snapshot(session, args):
+    args = _args(args, SNAPSHOT_ARGS)
+    settings = companion.Settings.from_env()
+    try:
+        timeout = float(args.get("timeout") or xapi_role.STATUS_TIMEOUT)
+    except ValueError:
+        raise HostError("timeout must be a number of seconds, not {!r}".format(args["timeout"]))
+    with api_errors("snapshot of {}".format(args["vm"])):
+        outcome = companion.snapshot(_api(session, settings), settings, args["vm"],
+                                     name=args.get("name") or None, timeout=timeout,
+                                     fallback=args.get("fallback") or None)
+    return outcome.uuid
+
+
+def check(session, args):
+    args = _args(args, ("vm",))
+    settings = companion.Settings.from_env()
+    with api_errors("check of {}".format(args["vm"])):
+        report = companion.check(_api(session, settings), settings, args["vm"])
+    return json.dumps(report, sort_keys=True)
+
+
+FUNCTIONS = {"snapshot": snapshot, "check": check}
