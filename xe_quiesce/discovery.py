@@ -85,11 +85,17 @@ def discover(freeze_cfg, root="/"):
     topology = BlockTopology(root=root)
     mounts = read_mountinfo(root)
     candidates, skipped = [], []
+    # With explicit mounts the others' block stacks need no walk (a host with a hundred
+    # loop devices makes that walk the slowest part of starting a session).
+    listed = {os.path.normpath(point) for point in freeze_cfg.mounts}
     for entries in _by_superblock(mounts).values():
         main = _canonical(entries)
         reason = _skip_reason(main.fstype)
         if reason is None and all(is_read_only(entry) for entry in entries):
             reason = "read-only"
+        if reason is None and listed and not listed.intersection(
+                entry.mount_point for entry in entries):
+            reason = "not listed in [freeze] mounts"
         if reason:
             skipped.append(Skipped(main.mount_point, main.fstype, reason))
             continue
@@ -145,7 +151,8 @@ def _by_rule(freeze_cfg, candidates, skipped):
 
 
 def _explicit(mount_points, candidates, skipped):
-    """`[freeze] mounts`: exactly these; a listed path that is not a mount is an error."""
+    """`[freeze] mounts`: exactly these (discover() already set the others aside); a
+    listed path that is not a mount is an error."""
     wanted = [os.path.normpath(point) for point in mount_points]
     chosen = []
     for point in wanted:
@@ -157,8 +164,4 @@ def _explicit(mount_points, candidates, skipped):
         refused = [skip for skip in skipped if skip.mount_point == point]
         if not refused:
             raise ConfigError("[freeze] mounts: {} is not a mount point".format(point))
-    listed = set(wanted)
-    for fs, _ in candidates:
-        if fs not in chosen and not listed.intersection(fs.mount_points):
-            skipped.append(Skipped(fs.mount_point, fs.fstype, "not listed in [freeze] mounts"))
     return chosen

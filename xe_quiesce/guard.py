@@ -27,6 +27,8 @@ import select
 import signal
 import time
 
+import psutil
+
 from .errors import FreezeError
 from .fsops import FsOps
 
@@ -123,14 +125,19 @@ def request_thaw(pid):
 
 
 def wait_gone(pid, timeout):
-    """Wait for a process that is not our child to exit; True once it has."""
+    """Wait for a process that is not our child to exit; True once it has.
+
+    The guard is reparented to init, which may reap it late (minimal inits, containers):
+    a zombie has exited and holds no fds, so it counts as gone.
+    """
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
             return True
-        time.sleep(0.02)
+        time.sleep(0.005)
     return False
 
 
