@@ -10,6 +10,7 @@ import json
 import os
 import socket
 import ssl
+import stat
 import subprocess
 import sys
 import threading
@@ -123,6 +124,8 @@ def xo(xenstored, loopfs, write_config, tmp_path):
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
 def test_sync_freezes_and_post_sync_thaws(xo, host):
     xo.start()
+    key = xo.tmp_path / "tls" / "key.pem"
+    assert stat.S_IMODE(os.stat(str(key)).st_mode) == 0o600, "the generated key is root's"
     status, body = xo.get("/sync", host=host)
     assert status == 200 and body.startswith("frozen:"), body
     assert xo.frozen() == [True, True]
