@@ -276,9 +276,15 @@ def test_slow_snapshot_is_snapshots_failed(rig):  # F8 for real: beyond snapwatc
 # -- requests that arrive twice -----------------------------------------------------------
 
 def test_action_written_twice_at_once_makes_one_session(rig):
+    """Both writes land before the agent looks (it is stopped meanwhile): one session.
+    (A write after the agent took the first is the busy case, tested below.)"""
     rig.start()
-    rig.client.write(rig.control + "/action", "create-snapshot")
-    rig.client.write(rig.control + "/action", "create-snapshot")
+    rig.daemon.send_signal(signal.SIGSTOP)
+    try:
+        rig.client.write(rig.control + "/action", "create-snapshot")
+        rig.client.write(rig.control + "/action", "create-snapshot")
+    finally:
+        rig.daemon.send_signal(signal.SIGCONT)
     wait_until(lambda: rig.client.read_or(rig.control + "/status"), 10, "status")
     rig.wait_state("idle")
     assert rig.client.read(rig.control + "/status") == "snapshot-created"
