@@ -564,3 +564,20 @@ def test_oxenstored_smoke(oxenstored):
     assert until(c, ("/ox/adv", "tok"))
     assert reconnects == [1]
     c.close()
+
+
+def test_the_xenbus_device_is_never_waited_on_for_writability(xenbus_emulator, monkeypatch):
+    """Linux's xenbus device poll() never reports writable (found on a real domU): a
+    client that waits for that times out on every request. The pty emulator is
+    writable, so the device's poll() is reproduced by refusing write readiness."""
+    import xe_quiesce.xenstore as xenstore_module
+    real_wait = xenstore_module._wait_fd
+
+    def device_poll(fd, deadline, write=False):
+        return False if write else real_wait(fd, deadline)
+
+    monkeypatch.setattr(xenstore_module, "_wait_fd", device_poll)
+    emulator = xenbus_emulator()
+    with XenstoreClient("xenbus:" + emulator.path, timeout=2.0) as client:
+        client.write("/local/domain/0/e2e-found", "yes")
+        assert client.read("/local/domain/0/e2e-found") == "yes"

@@ -178,7 +178,9 @@ class _Channel:
         data = memoryview(_HEADER.pack(packet.op, packet.rq_id, packet.tx_id,
                                        packet.size) + packet.payload)
         while data:
-            if not _wait_fd(self.fd, deadline, write=True):
+            # The Linux xenbus device's poll() never reports writable (its writes do not
+            # block): waiting for that would time out every request in a real domU.
+            if self._sock is not None and not _wait_fd(self.fd, deadline, write=True):
                 raise XenstoreTimeout(f"timed out sending to {self.name}")
             try:
                 data = data[os.write(self.fd, data):]
