@@ -1,0 +1,272 @@
+"""`make e2e`: boot Xen + dom0 + domU under QEMU (TCG) and report one line per scenario.
+
+    PASS|FAIL|SKIP <scenario>[<xenstored>/<guest>]: <detail>
+
+Each boot in BOOTS is one QEMU run; dom0's /init runs several scenarios per domU and prints
+`E2E-RESULT` lines on the serial console, which QEMU writes to a file that this script follows.
+A failed boot keeps that serial log (Xen, dom0 and, through xenconsoled --log=guest, the domU)
+under artifacts/e2e/ and prints its path.  Exit status: 1 if any scenario failed.
+
+What the domU runs as the agent is decided here: the built .deb from build/packages/ when there
+is one (installed with dpkg and started by its init script), else the source tree when it has a
+`run` command (`python3 -m xe_quiesce.cli run`), else nothing, and the agent scenarios SKIP.
+"""
+
+import argparse
+import glob
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import images  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+SRC = REPO / "xe_quiesce"   # --src replaces it (another checkout's package)
+HERE = REPO / "tests" / "e2e"
+ARTIFACTS = REPO / "artifacts" / "e2e"
+RUN = images.CACHE / "run"
+MAX_FROZEN = 30  # the session deadline covers sync + FIFREEZE: seconds under TCG
+AGENT_CONFIG = "[freeze]\nmax-frozen = %d\n" % MAX_FROZEN
+
+# name: (xenstored, plan, time limit in seconds).  A plan is "guest:scenario+scenario/...",
+# one domU per guest type, its scenarios in order ("+" and "/" because QEMU's -initrd
+# reserves "," for its module list).
+# PVH (nested paging emulated by QEMU) is several times slower than PV: it runs the
+# conversation once; the failure paths run on PV, and C xenstored gets the main path.
+BOOTS = {
+    "oxenstored": ("oxenstored", "pv:smoke+success+no-answer+sigkill/pvh:success", 900),
+    "cxenstored": ("cxenstored", "pv:success", 420),
+}
+# Under emulation every mitigation and self-test costs seconds; this is a test bed.
+FAST_LINUX = "mitigations=off cryptomgr.notests random.trust_cpu=on"
+RESULT = re.compile(r"E2E-RESULT (PASS|FAIL|SKIP) (\S+): (.*)")
+
+
+def log(msg):
+    print("e2e: " + msg, flush=True)
+
+
+def cpio(root, target):
+    """Append a newc archive of root to target: the kernel unpacks concatenated archives."""
+    names = subprocess.run(["find", ".", "-print0"], cwd=str(root), check=True,
+                           stdout=subprocess.PIPE).stdout
+    with open(str(target), "ab") as fh:
+        subprocess.run(["cpio", "--null", "-o", "-H", "newc", "--quiet", "-R", "0:0"],
+                       cwd=str(root), input=names, stdout=fh, check=True)
+
+
+def copy_tree(src, dst):
+    shutil.copytree(str(src), str(dst), dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+
+
+def agent_mode(wanted, deb=None):
+    """("deb", path) / ("src", None) / ("none", reason), for --agent auto|deb|src|none."""
+    debs = [str(deb)] if deb else sorted(
+        glob.glob(str(REPO / "build/packages/xe-guest-utilities-quiesce_*_all.deb")),
+        key=os.path.getmtime)
+    if wanted in ("auto", "deb") and debs:
+        return "deb", debs[-1]
+    python = REPO / ".venv/bin/python"
+    if wanted in ("auto", "src") and (SRC / "cli.py").exists() and python.exists():
+        probe = subprocess.run([str(python), "-m", "xe_quiesce.cli", "run", "--help"],
+                               cwd=str(SRC.parent), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+        if probe.returncode == 0:
+            return "src", None
+    return "none", "no built .deb and no `xe-quiesce run` in the source tree"
+
+
+def run_quiet(cmd, what, **kw):
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          universal_newlines=True, **kw)
+    if proc.returncode:
+        raise SystemExit("e2e: %s failed:\n%s" % (what, proc.stdout[-3000:]))
+
+
+def domu_root(imgs, mode, deb):
+    """RUN/domu-root.img: the cached domU root plus this run's files, as a read-only ext4 disk.
+
+    This run's changes go to an overlayfs upper layer over the cached root: `dpkg -i` of the
+    built package (as an admin would install it), the guest scripts, the agent's config.
+    mke2fs -d then writes the merged tree into the image, which QEMU gives dom0 as a disk and
+    dom0 hands to every domU as xvda."""
+    layer = RUN / "domu-layer"
+    upper, work, merged = layer / "upper", layer / "work", layer / "merged"
+    for d in (upper, work, merged):
+        d.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "overlay", "overlay", "-o", "lowerdir=%s,upperdir=%s,"
+                    "workdir=%s" % (imgs.domu / "root", upper, work), str(merged)], check=True)
+    try:
+        if mode == "deb":
+            policy = merged / "usr/sbin/policy-rc.d"  # install, but start nothing here
+            policy.write_text("#!/bin/sh\nexit 101\n")
+            policy.chmod(0o755)
+            shutil.copy(deb, str(merged / "tmp/agent.deb"))
+            run_quiet(["chroot", str(merged), "dpkg", "-i", "/tmp/agent.deb"],
+                      "dpkg -i of the .deb in the domU image",
+                      env=dict(os.environ, PATH="/usr/sbin:/usr/bin:/sbin:/bin"))
+            policy.unlink()
+            (merged / "tmp/agent.deb").unlink()
+        (merged / "e2e").mkdir()
+        if mode == "src":
+            copy_tree(SRC, merged / "e2e/src/xe_quiesce")
+        shutil.copy(str(HERE / "guest/init"), str(merged / "init"))
+        shutil.copy(str(HERE / "xscli.py"), str(merged / "e2e"))
+        copy_tree(HERE / "guest", merged / "e2e/guest")
+        (merged / "etc/xe-quiesce").mkdir(parents=True, exist_ok=True)
+        (merged / "etc/xe-quiesce/xe-quiesce.conf").write_text(AGENT_CONFIG)
+        image = RUN / "domu-root.img"
+        run_quiet(["mke2fs", "-q", "-t", "ext4", "-O", "^has_journal", "-L", "e2e-domu-root",
+                   "-d", str(merged), str(image), "1G"], "mke2fs of the domU root")
+    finally:
+        subprocess.run(["umount", str(merged)], check=True)
+        shutil.rmtree(str(layer))
+    return image
+
+
+def assemble(imgs, mode, deb):
+    """RUN/dom0.cpio (dom0's cached base + this run's scripts) and RUN/domu-root.img."""
+    if RUN.exists():
+        shutil.rmtree(str(RUN))
+    RUN.mkdir(parents=True)
+    disk = domu_root(imgs, mode, deb)
+    dom0 = RUN / "dom0-overlay"
+    (dom0 / "e2e").mkdir(parents=True)
+    (dom0 / "boot").mkdir()
+    shutil.copy(str(HERE / "dom0/init"), str(dom0 / "init"))
+    shutil.copy(str(HERE / "xscli.py"), str(dom0 / "e2e"))
+    copy_tree(HERE / "dom0", dom0 / "e2e/dom0")
+    copy_tree(HERE / "guest", dom0 / "e2e/guest")
+    if SRC.exists():
+        copy_tree(SRC, dom0 / "e2e/src/xe_quiesce")
+    shutil.copy(str(imgs.vmlinuz), str(dom0 / "boot/vmlinuz"))
+    shutil.copy(str(imgs.domu_boot), str(dom0 / "e2e/domu-boot.cpio"))
+    target = RUN / "dom0.cpio"
+    shutil.copy(str(imgs.dom0 / "base.cpio"), str(target))
+    cpio(dom0, target)
+    shutil.rmtree(str(dom0))
+    return target, disk
+
+
+def qemu_command(imgs, initrd, disk, serial, xenstored, plan, mode):
+    params = "E2E_XENSTORED=%s E2E_PLAN=%s E2E_AGENT=%s E2E_MAX_FROZEN=%d" % (
+        xenstored, plan, mode, MAX_FROZEN)
+    return [
+        "qemu-system-x86_64", "-accel", "tcg,thread=multi", "-cpu", "qemu64,+svm,+npt,+rdrand",
+        "-m", "4096", "-smp", "2", "-display", "none", "-monitor", "none", "-nic", "none",
+        "-serial", "file:%s" % serial, "-no-reboot",
+        "-drive", "file=%s,if=virtio,format=raw,readonly=on" % disk,
+        "-kernel", str(imgs.xen),
+        "-append", "console=com1 com1=115200,8n1 dom0_mem=2048M,max:2048M loglvl=all "
+                   "guest_loglvl=all console_timestamps=boot bootscrub=0 "
+                   "spec-ctrl=no xpti=no",
+        "-initrd", "%s console=hvc0 earlyprintk=xen rdinit=/init loglevel=4 %s %s,%s" % (
+            imgs.vmlinuz, FAST_LINUX, params, initrd),
+    ]
+
+
+def parse_plan(plan):
+    """[(guest, [scenario, ...]), ...] from "pv:smoke+success/pvh:smoke"."""
+    return [(guest, scenarios.split("+")) for guest, _, scenarios in
+            (item.partition(":") for item in plan.split("/"))]
+
+
+def expected(xenstored, plan):
+    return ["%s[%s/%s]" % (s, xenstored, guest) for guest, scenarios in parse_plan(plan)
+            for s in scenarios + ["lvm"]]
+
+
+def boot(name, imgs, initrd, disk, mode):
+    """One QEMU run; [(verdict, scenario, detail)] and the serial log's path."""
+    xenstored, plan, limit = BOOTS[name]
+    serial = RUN / ("serial-%s.log" % name)
+    cmd = qemu_command(imgs, initrd, disk, serial, xenstored, plan, mode)
+    started = time.monotonic()
+    qemu = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    results, seen, done = [], 0, False
+    try:
+        while True:
+            finished = qemu.poll() is not None
+            text = serial.read_text(errors="replace") if serial.exists() else ""
+            for line in text[seen:].splitlines(keepends=True):
+                if not line.endswith("\n") and not finished:
+                    break
+                seen += len(line)
+                found = RESULT.search(line)
+                if found:
+                    results.append(found.groups())
+                    print("%s %s: %s" % found.groups(), flush=True)
+                done = done or "E2E-DONE" in line
+            if finished:
+                break
+            if time.monotonic() - started > limit:
+                results.append(("FAIL", "boot[%s]" % name, "no end within %d s" % limit))
+                break
+            time.sleep(0.5)
+    finally:
+        if qemu.poll() is None:
+            qemu.kill()
+        qemu.wait()
+    elapsed = time.monotonic() - started
+    names = {r[1] for r in results}
+    if not done and not any(r[1].startswith("boot[") for r in results):
+        results.append(("FAIL", "boot[%s]" % name, "QEMU ended (rc %s) before dom0 finished: %s"
+                        % (qemu.returncode, qemu.stderr.read().decode(errors="replace")[-300:])))
+    for missing in expected(xenstored, plan):
+        if missing not in names:
+            print("FAIL %s: no result (see the serial log)" % missing, flush=True)
+            results.append(("FAIL", missing, "no result"))
+    log("boot %s: %.0f s" % (name, elapsed))
+    return results, serial
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--boot", action="append", choices=sorted(BOOTS),
+                        help="run only this boot (repeatable); default: all")
+    parser.add_argument("--plan", help="replace every boot's plan, e.g. pv:smoke+success")
+    parser.add_argument("--agent", choices=("auto", "deb", "src", "none"), default="auto",
+                        help="the agent in the domU: the built .deb, the source tree, none")
+    parser.add_argument("--src", type=Path, help="the xe_quiesce package to use (default: "
+                        "this checkout's) for the domU in src mode and dom0's host role")
+    parser.add_argument("--deb", type=Path, help="the package to install in the domU "
+                        "(default: the newest in build/packages/)")
+    args = parser.parse_args()
+    global SRC
+    SRC = (args.src or SRC).resolve()
+    for name, (xenstored, plan, limit) in list(BOOTS.items()):
+        BOOTS[name] = (xenstored, args.plan or plan, limit)
+    started = time.monotonic()
+    imgs = images.build()
+    mode, extra = agent_mode(args.agent, args.deb)
+    log("agent in the domU: %s%s" % (mode, " (%s)" % extra if extra else ""))
+    if not (SRC / "host").exists():
+        log("no xe_quiesce/host: the agent scenarios will SKIP (dom0 plays the host with it)")
+    initrd, disk = assemble(imgs, mode, extra if mode == "deb" else None)
+    log("images ready after %.0f s" % (time.monotonic() - started))
+    failed = passed = skipped = 0
+    for name in args.boot or sorted(BOOTS, reverse=True):
+        results, serial = boot(name, imgs, initrd, disk, mode)
+        verdicts = [r[0] for r in results]
+        failed += verdicts.count("FAIL")
+        passed += verdicts.count("PASS")
+        skipped += verdicts.count("SKIP")
+        if "FAIL" in verdicts:
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            kept = ARTIFACTS / serial.name
+            shutil.copy(str(serial), str(kept))
+            log("boot %s failed: serial log (Xen + dom0 + domU) kept at %s" % (name, kept))
+    log("total %.0f s" % (time.monotonic() - started))
+    print("e2e: %d passed, %d failed, %d skipped" % (passed, failed, skipped), flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
