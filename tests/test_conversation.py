@@ -467,3 +467,13 @@ def test_every_transition_is_exercised_and_create_snapshotinfo_never_sent(monkey
     table |= {(state, event) for event in cv.ANY_STATE for state in (cv.IDLE, cv.FROZEN)}
     assert table - seen == set()
     assert "create-snapshotinfo" not in written
+
+
+def test_recover_after_a_crash_clears_v_and_answers_a_waiting_host():
+    commands = new().recover(V, host_waiting=True)
+    assert [op for op in xs(commands) if op[0] == "rm"] == V_CLEANUP
+    assert_error_reported(commands, "restarted", "restarted during this request")
+
+
+def test_recover_leaves_the_host_alone_when_it_does_not_wait():
+    assert xs(new().recover(None, host_waiting=False)) == []

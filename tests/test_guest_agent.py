@@ -525,3 +525,34 @@ def test_advertisement_refused_is_logged_not_fatal(xenstored, config_for, loopfs
     refusals = [r for r in records if "will not ask this guest" in r.getMessage()]
     levels = [r.levelno for r in refusals]  # said once, then quiet on each retry
     assert levels[0] == logging.WARNING and levels[1:] and set(levels[1:]) == {logging.DEBUG}
+
+
+def test_killed_mid_request_the_restarted_agent_clears_v_and_answers_the_host(rig):
+    """SIGKILL while frozen: the guard thaws at once; the restarted daemon (as
+    Restart=on-failure does) finds the request in its journal, removes the stale
+    V/status=create-snapshots a returning snapwatchd would act on, and answers XAPI."""
+    rig.start(failure="F11", max_frozen=20)
+    outcome = []
+
+    def xapi():
+        try:
+            rig.snapshot(status_timeout=30.0)
+        except XapiError as error:
+            outcome.append(error)
+
+    caller = threading.Thread(target=xapi)
+    caller.start()
+    wait_until(lambda: rig.client.read_or(rig.vss + "/status") == "create-snapshots", 10,
+               "create-snapshots")
+    assert rig.frozen_now() == [True, True]
+    rig.daemon.send_signal(signal.SIGKILL)
+    rig.daemon.wait()
+    wait_until(lambda: rig.frozen_now() == [False, False], 3, "the guard's thaw")
+    argv = rig.guestd.argv
+    rig.guestd = GuestDaemon(argv[6], argv[7:], str(rig.tmp_path / "daemon2.log")).start()
+    rig.daemon = rig.guestd.process
+    caller.join(15)
+    assert outcome and outcome[0].code == FAILED and "restarted" in outcome[0].params[1]
+    assert rig.client.read_or(rig.vss + "/status") is None
+    rig.wait_state("idle")
+    assert "cut off by the agent's restart" in rig.log()

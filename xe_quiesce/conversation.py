@@ -58,6 +58,7 @@ ERR_NOT_VM = "not-whole-vm"        # V/snaptype is not `vm` (per-disk mode, F7)
 ERR_RESULT = "bad-result"          # V/snapuuid missing or not a uuid
 ERR_XENSTORE = "xenstore"          # a xenstore operation failed mid-conversation
 ERR_STOPPED = "stopped"            # the agent was stopped while frozen
+ERR_RESTARTED = "restarted"        # the agent died mid-request; its guard thawed
 
 UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-"
                      r"[0-9a-fA-F]{12}$")
@@ -363,6 +364,22 @@ class Conversation(object):
             "snapshot_vdis": dict(result.snapshot_ids),
             "snapuuid": result.snapuuid,
         }
+
+    def recover(self, vss, host_waiting):
+        """Commands after a restart that cut a request off (the journal says so).
+
+        V may still say create-snapshots, which a returning snapwatchd would act on with
+        the guest thawed: clear it. The host may still wait on C for a first status:
+        answer it now rather than let it wait out its 600 s.
+        """
+        commands = [Log(logging.WARNING, "a snapshot request was cut off by the agent's "
+                        "restart; clearing its keys")]
+        if vss:
+            commands += [Rm(vss + "/" + key) for key in CLEANED]
+        if host_waiting:
+            commands += self._error_keys(ERR_RESTARTED, "the guest agent restarted during "
+                                         "this request; its deadline guard thawed the guest")
+        return commands
 
     def _fail(self, code, message):
         """Any failure: thaw first if frozen, then report."""

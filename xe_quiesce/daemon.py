@@ -40,6 +40,7 @@ class Daemon(object):
         if closed:
             log.warning("earlier session %s (%s): %s", closed["session"], closed.get("trigger"),
                         closed["message"])
+            self.agent.interrupted = closed.get("trigger") == "xapi"
         self.control.start()
         try:
             try:

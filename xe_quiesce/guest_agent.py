@@ -64,6 +64,7 @@ class GuestAgent(object):
         self.reconnected = False
         self.running = False
         self.feature_refused = False
+        self.interrupted = False  # set when the journal shows a request cut off by a crash
 
     # -- life cycle ---------------------------------------------------------------
 
@@ -101,6 +102,8 @@ class GuestAgent(object):
             raise QuiesceError("xenstore: {}".format(error))
         self.machine = cv.Conversation(self.domain_path, __version__)
         self.client.on_reconnect = self._on_reconnect
+        if self.interrupted:
+            self._recover_interrupted()
         self.advertise()
         # The domain's identity now, so a resume or migration is seen as a change.
         self.feed(self._read_event("domain"))
@@ -113,6 +116,20 @@ class GuestAgent(object):
                 raise QuiesceError("cannot watch {}: {}".format(path, error))
         self.running = True
         LOG.info("xe-quiesce %s serving %s (%s)", __version__, self.domain_path, self.client.uri)
+
+    def _recover_interrupted(self):
+        control = self.machine.control
+        try:
+            vss = self.client.read_or(self._home("vss"))
+            if vss is not None and not cv.XS_PATH_RE.match(vss):
+                vss = None
+            waiting = (self.client.exists(control) and
+                       not self.client.exists(control + "/status") and
+                       not self.client.exists(control + "/action"))
+            for command in self.machine.recover(vss, waiting):
+                self.execute(command)
+        except XenstoreError as error:
+            LOG.warning("cannot clear the interrupted request's keys: %s", error)
 
     def _own_domain_path(self):
         domid = self.client.read("domid")  # relative: resolved in our own home
