@@ -11,6 +11,7 @@ import pytest
 from tests.loopfs import is_frozen, run
 from xe_quiesce.config import parse_config
 from xe_quiesce.errors import BusyError, FreezeError
+from xe_quiesce.journal import Journal
 from xe_quiesce.session import QuiesceSession, make_plan
 
 WRITER = "import os,sys; f=open(sys.argv[1],'w'); f.write('x'); f.flush(); os.fsync(f.fileno())"
@@ -273,3 +274,21 @@ def test_this_machine_default_plan_freezes_nothing():
     assert plan.filesystems == []
     root = [skip for skip in plan.skipped if skip.mount_point == "/"]
     assert root and "Xen VBD" in root[0].reason
+
+
+def test_a_journal_write_failing_after_the_freeze_thaws_at_once(loopfs, config_for):
+    """An error after the FIFREEZEs (here the run dir refusing the 'frozen' record) must
+    thaw now, not leave the guest to the guard's deadline."""
+    class FullRunDir(Journal):
+        def write(self, state):
+            if state.get("status") == "frozen":
+                raise OSError(28, "No space left on device")
+            Journal.write(self, state)
+
+    fs = loopfs("ext4")
+    config = config_for([fs.mount_point], max_frozen=60)
+    session = QuiesceSession(config, "cli", journal=FullRunDir(config.state.run_dir))
+    with pytest.raises(OSError):
+        session.start()
+    assert not is_frozen(fs.mount_point)
+    assert session.journal.read()["result"] == "failed"

@@ -96,15 +96,17 @@ class QuiesceSession(object):
         try:
             self._run_freeze_hooks()
             self._freeze()
+            # Inside the try: a journal that cannot be written after the freeze must
+            # thaw now, not leave the guest frozen until the guard's deadline.
+            self.state["status"] = "frozen"
+            self.state["mounts"] = [
+                {"mount_point": s.mount_point, "devno": s.fs.devno,
+                 "mount_ids": [e.mount_id for e in s.fs.entries]}
+                for s in self.freezer.frozen()]
+            self.journal.write(self.state)
         except BaseException as error:
             self._fail(error)
             raise
-        self.state["status"] = "frozen"
-        self.state["mounts"] = [
-            {"mount_point": s.mount_point, "devno": s.fs.devno,
-             "mount_ids": [e.mount_id for e in s.fs.entries]}
-            for s in self.freezer.frozen()]
-        self.journal.write(self.state)
         return self.summary()
 
     def _refuse_run_dir_on_plan(self):
