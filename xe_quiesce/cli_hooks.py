@@ -12,7 +12,7 @@ import click
 
 from .config import ENV_VAR, load_config
 from .errors import HookError
-from .hooks import ACTIONS, HookSet
+from .hooks import ACTIONS, HookSet, hook_environment
 from .session import make_plan
 
 
@@ -60,12 +60,8 @@ def _print_hooks(data):
 
 def _run(config, hook_set, action, as_json):
     deadline = time.time() + config.freeze.max_frozen
-    env = {
-        "XE_QUIESCE_SESSION": "dry-run-" + uuid.uuid4().hex[:8],
-        "XE_QUIESCE_TRIGGER": "cli",
-        "XE_QUIESCE_DEADLINE": "{:.0f}".format(deadline),
-        "XE_QUIESCE_MOUNTS": " ".join(fs.mount_point for fs in make_plan(config).filesystems),
-    }
+    env = hook_environment("dry-run-" + uuid.uuid4().hex[:8], "cli", deadline,
+                           [fs.mount_point for fs in make_plan(config).filesystems])
     problems, error = [], None
     try:
         outcome = hook_set.run_all(action, env, deadline)

@@ -47,6 +47,17 @@ KILL_GRACE = 2.0            # after SIGKILL, how long to wait before abandoning 
 POLL = 0.05
 
 
+def hook_environment(session_id, trigger, deadline, mount_points):
+    """The variables the hook contract promises (docs/hooks.md), built in one place for
+    sessions, `xe-quiesce thaw` of a detached freeze, and the `hooks --run` dry run."""
+    return {
+        "XE_QUIESCE_SESSION": session_id,
+        "XE_QUIESCE_TRIGGER": trigger,
+        "XE_QUIESCE_DEADLINE": "{:.0f}".format(deadline),
+        "XE_QUIESCE_MOUNTS": " ".join(mount_points),
+    }
+
+
 class Hook(object):
     """One runnable hook file; `problems` non-empty means it is refused."""
 

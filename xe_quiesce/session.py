@@ -20,7 +20,7 @@ from .errors import BusyError, FreezeError, QuiesceError
 from .freezer import TOLERATED, UNSUPPORTED, Freezer
 from .fsops import FsOps
 from .guard import Guard, request_thaw, wait_gone
-from .hooks import HookSet
+from .hooks import HookSet, hook_environment
 from .journal import Journal, process_alive, process_identity
 from .plan import build_plan
 
@@ -129,12 +129,8 @@ class QuiesceSession(object):
         self.journal.write(self.state)
 
     def hook_environment(self):
-        return {
-            "XE_QUIESCE_SESSION": self.session_id,
-            "XE_QUIESCE_TRIGGER": self.trigger,
-            "XE_QUIESCE_DEADLINE": "{:.0f}".format(self.state["deadline"]),
-            "XE_QUIESCE_MOUNTS": " ".join(fs.mount_point for fs in self.plan.filesystems),
-        }
+        return hook_environment(self.session_id, self.trigger, self.state["deadline"],
+                                [fs.mount_point for fs in self.plan.filesystems])
 
     def _freeze(self):
         if time.time() >= self.state["deadline"]:
@@ -251,6 +247,7 @@ def thaw_from_journal(journal, hooks=None):
                                    "{:.0f} s".format(guard[0], GUARD_EXIT_WAIT))
         closed = journal.reconcile(result="thawed")
     if hooks is not None and state.get("hooks_run"):
-        hooks.thaw(state["hooks_run"], {"XE_QUIESCE_SESSION": state["session"],
-                                        "XE_QUIESCE_TRIGGER": state.get("trigger", "")})
+        hooks.thaw(state["hooks_run"], hook_environment(
+            state["session"], state.get("trigger", ""), state["deadline"],
+            [mount["mount_point"] for mount in state.get("mounts", [])]))
     return closed
