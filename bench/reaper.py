@@ -2,7 +2,7 @@
 
 Usage: python -m bench.reaper COMMAND...
 The daemon's deadline guard is double-forked; when it exits, the session waits until
-the zombie is reaped (guard.wait_gone). This machine's PID 1 reaps orphans only every
+the zombie is reaped (procs.wait_gone). This machine's PID 1 reaps orphans only every
 second or two, which real guests' init systems do not; running each daemon under this
 reaper keeps that artefact out of the measurements. SIGTERM and SIGINT are passed on;
 the exit status is the command's.

@@ -399,7 +399,7 @@ class Report(object):
         fast = self.r["clean"].get("1", {}).get("ours-control", [])
         self.add("## Findings", "",
                  "- **A late reaper delays every thaw answer.** At the end of a session the "
-                 "daemon waits for its deadline guard to be gone (`guard.wait_gone`, "
+                 "daemon waits for its deadline guard to be gone (`procs.wait_gone`, "
                  "`kill(pid, 0)` every 20 ms). The guard is double-forked, so its zombie "
                  "belongs to PID 1 and counts as alive until PID 1 reaps it. This machine's "
                  "PID 1 (a VM-runner init) reaps late: the same daemon straight under it "

@@ -27,8 +27,6 @@ import select
 import signal
 import time
 
-import psutil
-
 from .errors import FreezeError
 from .fsops import FsOps
 
@@ -122,23 +120,6 @@ def request_thaw(pid):
     except ProcessLookupError:
         return False
     return True
-
-
-def wait_gone(pid, timeout):
-    """Wait for a process that is not our child to exit; True once it has.
-
-    The guard is reparented to init, which may reap it late (minimal inits, containers):
-    a zombie has exited and holds no fds, so it counts as gone.
-    """
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                return True
-        except psutil.NoSuchProcess:
-            return True
-        time.sleep(0.005)
-    return False
 
 
 class _GuardProcess(object):

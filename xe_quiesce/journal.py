@@ -13,33 +13,11 @@ import json
 import os
 import time
 
-import psutil
-
+from . import procs
 from .errors import QuiesceError
 from .fsops import FsOps
 
 ACTIVE = ("quiescing", "frozen", "thawing")
-
-
-def process_identity(pid):
-    """(pid, start time): a pid alone may be reused by the time we look again."""
-    try:
-        return [pid, psutil.Process(pid).create_time()]
-    except psutil.Error:
-        return [pid, None]
-
-
-def process_alive(identity):
-    if not identity or identity[0] is None:
-        return False
-    pid, started = identity
-    try:
-        process = psutil.Process(pid)
-        if process.status() == psutil.STATUS_ZOMBIE:
-            return False  # dead; its parent (maybe a non-reaping init) has not waited yet
-        return started is None or abs(process.create_time() - started) < 0.01
-    except psutil.Error:
-        return False
 
 
 class Journal(object):
@@ -107,9 +85,9 @@ class Journal(object):
         state = self.read()
         if not state or state.get("status") not in ACTIVE:
             return None
-        if process_alive(state.get("owner")):
+        if procs.alive(state.get("owner")):
             return state
-        if process_alive(state.get("guard_process")) and not self.guard_report(state["session"]):
+        if procs.alive(state.get("guard_process")) and not self.guard_report(state["session"]):
             return state  # a detached freeze: the guard holds it until thaw or deadline
         return None
 
@@ -123,7 +101,7 @@ class Journal(object):
                 "status": state.get("status"),
                 "mounts": [mount["mount_point"] for mount in state.get("mounts", [])],
                 "seconds_left": max(0.0, state["deadline"] - time.time()),
-                "guard_running": process_alive(state.get("guard_process")),
+                "guard_running": procs.alive(state.get("guard_process")),
             }
         return {"active": active, "last": self.last_results()}
 

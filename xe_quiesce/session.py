@@ -13,15 +13,15 @@ import os
 import time
 import uuid
 
-from . import logbuffer
+from . import logbuffer, procs
 from .blockdev import BlockTopology
 from .discovery import discover
 from .errors import BusyError, FreezeError, QuiesceError
-from .freezer import TOLERATED, UNSUPPORTED, Freezer
+from .freezer import FROZEN, THAWED, TOLERATED, UNSUPPORTED, Freezer
 from .fsops import FsOps
-from .guard import Guard, request_thaw, wait_gone
+from .guard import Guard, request_thaw
 from .hooks import HookSet, hook_environment
-from .journal import Journal, process_alive, process_identity
+from .journal import ACTIVE, Journal
 from .plan import build_plan
 
 GUARD_EXIT_WAIT = 5.0
@@ -89,7 +89,7 @@ class QuiesceSession(object):
             now = time.time()
             self.state = {
                 "session": self.session_id, "trigger": self.trigger, "status": "quiescing",
-                "owner": process_identity(os.getpid()), "started": now,
+                "owner": procs.identity(os.getpid()), "started": now,
                 "deadline": now + timeout, "mounts": [], "hooks_run": [], "result": None,
             }
             self.journal.write(self.state)
@@ -145,7 +145,7 @@ class QuiesceSession(object):
                                  self.state["deadline"],
                                  self.journal.guard_report_path(self.session_id),
                                  self.session_id, ops=self.ops)
-        self.state["guard_process"] = process_identity(self.guard.pid)
+        self.state["guard_process"] = procs.identity(self.guard.pid)
         self.journal.write(self.state)
         self.gate.hold()
         self.freezer.freeze(self.guard, self.state["deadline"])
@@ -173,7 +173,7 @@ class QuiesceSession(object):
             return
         self.guard.release()
         # Its fds pin the mounts: an unmount right after the thaw must not find it alive.
-        wait_gone(self.guard.pid, GUARD_EXIT_WAIT)
+        procs.wait_gone(self.guard.pid, GUARD_EXIT_WAIT)
 
     def remaining(self):
         return self.state["deadline"] - time.time()
@@ -216,7 +216,7 @@ class QuiesceSession(object):
             "result": self.state.get("result") or self.state.get("status"),
             "message": self.state.get("message", ""),
             "deadline": self.state["deadline"],
-            "frozen": [s.mount_point for s in states if s.status in ("frozen", "thawed")],
+            "frozen": [s.mount_point for s in states if s.status in (FROZEN, THAWED)],
             "unsupported": [s.mount_point for s in states if s.status == UNSUPPORTED],
             "busy_tolerated": [s.mount_point for s in states if s.status == TOLERATED],
             "hooks": list(self.hooks_ran),
@@ -234,15 +234,15 @@ def thaw_from_journal(journal, hooks=None):
     journal.ensure_dir()
     with RunLock(journal.run_dir):
         state = journal.read()
-        if not state or state.get("status") not in ("quiescing", "frozen", "thawing"):
+        if not state or state.get("status") not in ACTIVE:
             return None
-        if process_alive(state.get("owner")) and state["owner"][0] != os.getpid():
+        if procs.alive(state.get("owner")) and state["owner"][0] != os.getpid():
             raise BusyError(busy_message(state) + "; its owner (pid {}) is running and "
                             "thaws it".format(state["owner"][0]))
         guard = state.get("guard_process")
-        if process_alive(guard):
+        if procs.alive(guard):
             request_thaw(guard[0])
-            if not wait_gone(guard[0], GUARD_EXIT_WAIT):
+            if not procs.wait_gone(guard[0], GUARD_EXIT_WAIT):
                 raise QuiesceError("the deadline guard (pid {}) did not finish thawing within "
                                    "{:.0f} s".format(guard[0], GUARD_EXIT_WAIT))
         closed = journal.reconcile(result="thawed")
