@@ -1,14 +1,14 @@
 """The `xe-quiesce` command line (click 6.7 and newer)."""
 import json
-import sys
 import time
 
 import click
 
 from . import __version__, control, logbuffer
 from .cli_hooks import hooks
+from .cli_options import config_option, json_option, run_main
 from .cli_run import run
-from .config import ENV_VAR, load_config
+from .config import load_config
 from .errors import QuiesceError
 from .hooks import HookSet
 from .journal import Journal
@@ -16,18 +16,6 @@ from .session import QuiesceSession, make_plan, thaw_from_journal
 
 # Seconds a control request may take beyond the work itself.
 CONTROL_MARGIN = 30.0
-
-
-def config_option(command):
-    return click.option(
-        "--config", "config_file", metavar="FILE", envvar=ENV_VAR,
-        help="Configuration file (default /etc/xe-quiesce/xe-quiesce.conf, or ${}).".format(
-            ENV_VAR))(command)
-
-
-def json_option(command):
-    return click.option("--json", "as_json", is_flag=True,
-                        help="Print machine-readable JSON.")(command)
 
 
 def _emit(data, as_json, human):
@@ -188,12 +176,7 @@ cli.add_command(hooks)
 
 
 def main():
-    """Entry point: user errors are one line and exit status 1, never a traceback."""
-    try:
-        cli(prog_name="xe-quiesce")
-    except QuiesceError as error:
-        click.echo("xe-quiesce: error: {}".format(error), err=True)
-        sys.exit(1)
+    run_main(cli, "xe-quiesce")
 
 
 if __name__ == "__main__":

@@ -10,17 +10,16 @@ import uuid
 
 import click
 
-from .config import ENV_VAR, load_config
+from .cli_options import config_option, json_option
+from .config import load_config
 from .errors import HookError
 from .hooks import ACTIONS, HookSet, hook_environment
 from .session import make_plan
 
 
 @click.command("hooks")
-@click.option("--config", "config_file", metavar="FILE", envvar=ENV_VAR,
-              help="Configuration file (default /etc/xe-quiesce/xe-quiesce.conf, or ${}).".format(
-                  ENV_VAR))
-@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@config_option
+@json_option
 @click.option("--run", "action", type=click.Choice(ACTIONS),
               help="Run every hook with this argument now, without freezing anything.")
 def hooks(config_file, as_json, action):

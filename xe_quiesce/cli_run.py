@@ -1,7 +1,8 @@
 """`xe-quiesce run`: the daemon answering the host's quiesce requests over xenstore."""
 import click
 
-from .config import ENV_VAR, load_config
+from .cli_options import config_option
+from .config import load_config
 from .daemon import Daemon
 from .errors import QuiesceError
 from .xenstore import XenstoreClient, XenstoreError
@@ -14,9 +15,7 @@ from .xenstore import XenstoreClient, XenstoreError
 @click.option("--domain-path", metavar="PATH",
               help="Use this domain home instead of reading `domid` (needed on a dom0 "
                    "socket); default: [xenstore] domain-path.")
-@click.option("--config", "config_file", metavar="FILE", envvar=ENV_VAR,
-              help="Configuration file (default /etc/xe-quiesce/xe-quiesce.conf, or "
-                   "${}).".format(ENV_VAR))
+@config_option
 def run(uri, domain_path, config_file):
     """Serve quiesce requests: the host's over xenstore, Xen Orchestra's sync hook, and
     the local CLI's over the control socket (systemd Type=notify daemon).

@@ -10,7 +10,7 @@ import sys
 import click
 
 from .. import __version__
-from ..errors import QuiesceError
+from ..cli_options import run_main
 from . import companion, xapi_role
 from .xenapi_ops import XAPI_URL_ENV, api_errors, open_session
 
@@ -117,12 +117,7 @@ class _session(object):
 
 
 def main():
-    """Entry point: errors are one line and exit status 1, never a traceback."""
-    try:
-        cli(prog_name="xe-quiesce-host")
-    except QuiesceError as error:
-        click.echo("xe-quiesce-host: error: {}".format(error), err=True)
-        sys.exit(1)
+    run_main(cli, "xe-quiesce-host")
 
 
 if __name__ == "__main__":
