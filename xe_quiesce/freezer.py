@@ -212,3 +212,28 @@ class Freezer(object):
             if state.fd is not None:
                 self.ops.close(state.fd)
                 state.fd = None
+
+
+def thaw_recorded(mounts, ops):
+    """Thaw, in reverse, mounts a dead session recorded (journal entries with
+    mount_point and mount_ids); returns (thawed, {mount_point: error}).
+
+    The fds died with the session, so each mount point is reopened, and thawed only if
+    it still reaches a recorded mount: a path that now leads elsewhere is left alone.
+    """
+    thawed, errors = [], {}
+    for mount in reversed(mounts):
+        point = mount["mount_point"]
+        try:
+            fd = ops.open(point)
+        except OSError as error:
+            errors[point] = "cannot open: {}".format(error.strerror)
+            continue
+        try:
+            if ops.mount_id(fd) in mount.get("mount_ids", []) and ops.thaw(fd):
+                thawed.append(point)
+        except OSError as error:
+            errors[point] = errno.errorcode.get(error.errno, str(error.errno))
+        finally:
+            ops.close(fd)
+    return thawed, errors

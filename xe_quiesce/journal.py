@@ -8,13 +8,13 @@ tmpfs (/run): writing there never touches a filesystem we freeze.
 Every command starts with `reconcile()`: a session whose owner and guard are both gone
 while the journal says frozen is thawed from the journal's own list of mounts.
 """
-import errno
 import json
 import os
 import time
 
 from . import procs
 from .errors import QuiesceError
+from .freezer import thaw_recorded
 from .fsops import FsOps
 
 ACTIVE = ("quiescing", "frozen", "thawing")
@@ -117,21 +117,7 @@ class Journal(object):
         state = self.read()
         if not state or state.get("status") not in ACTIVE or self.active():
             return None
-        thawed, errors = [], {}
-        for mount in reversed(state.get("mounts", [])):
-            point = mount["mount_point"]
-            try:
-                fd = self.ops.open(point)
-            except OSError as error:
-                errors[point] = "cannot open: {}".format(error.strerror)
-                continue
-            try:
-                if self.ops.mount_id(fd) in mount.get("mount_ids", []) and self.ops.thaw(fd):
-                    thawed.append(point)
-            except OSError as error:
-                errors[point] = errno.errorcode.get(error.errno, str(error.errno))
-            finally:
-                self.ops.close(fd)
+        thawed, errors = thaw_recorded(state.get("mounts", []), self.ops)
         report = self.guard_report(state["session"])
         if thawed:
             message = "the session's process and its guard died; thawed now: {}".format(
