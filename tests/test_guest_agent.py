@@ -21,6 +21,7 @@ from tests import xstrace
 from tests.dom0sim import Dom0Sim, copy_images
 from tests.guestd import GuestDaemon
 from tests.loopfs import is_frozen
+from tests.waiting import wait_until
 from xe_quiesce.guest_agent import GuestAgent
 from xe_quiesce.host.snapwatchd_role import SnapshotResult
 from xe_quiesce.host.xapi_role import FAILED, XapiError
@@ -33,16 +34,6 @@ from xe_quiesce.xenstore import (
 QUIRKS = {"zero-watch-ids": {"zero_watch_ids": True},
           "foreign-req-ids": {"foreign_req_ids": True},
           "events-first": {"events_first": True, "hold": 0.05}}
-
-
-def wait_until(predicate, timeout=10.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError("timed out waiting for " + what)
 
 
 class Rig(object):

@@ -14,6 +14,7 @@ import pyxs
 from pyxs.client import Monitor
 from pyxs.exceptions import PyXSError
 
+from tests.waiting import wait_until
 from xe_quiesce.xenstore import (
     XenstoreClient,
     XenstoreConnectionError,
@@ -330,13 +331,6 @@ def test_drop_over_xenbus_reconnects_and_rewatches(emulator):
     c.close()
 
 
-def wait_until(predicate, what, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
-
-
 def in_background(call):
     """Start call in a thread; the returned dict gets "result" or "error"."""
     outcome = {}
@@ -371,7 +365,7 @@ def test_request_applied_before_a_drop_is_not_resent(xenbus_emulator, xenstored,
     with XenstoreClient(xenstored.uri, timeout=2.0) as dom0:
         dom0.write("/V/status", "idle")
         pending = in_background(lambda: call(guest))
-        wait_until(lambda: dom0.read_or("/V/status") == applied, "the request applied")
+        wait_until(lambda: dom0.read_or("/V/status") == applied, 5.0, "the request applied")
         dom0.write("/V/status", "snapshots-created")
         emulator.drop()
         pending["thread"].join(5)
@@ -395,7 +389,7 @@ def test_read_in_flight_at_a_drop_is_resent(xenbus_emulator, xenstored):
             return trace.read().count("READ (/V/r )")
 
     pending = in_background(lambda: guest.read("/V/r"))
-    wait_until(lambda: reads() == 1, "xenstored to get the READ")
+    wait_until(lambda: reads() == 1, 5.0, "xenstored to get the READ")
     emulator.drop()
     pending["thread"].join(5)
     assert pending.get("result") == "1", pending

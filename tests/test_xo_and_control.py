@@ -22,6 +22,7 @@ import pytest
 from tests.dom0sim import Dom0Sim
 from tests.guestd import GuestDaemon
 from tests.loopfs import is_frozen
+from tests.waiting import wait_until
 from xe_quiesce.host.snapwatchd_role import SnapshotResult
 
 SECRET = b"s3cret-for-xo"
@@ -31,15 +32,6 @@ def free_port():
     with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
         sock.bind(("::", 0))
         return sock.getsockname()[1]
-
-
-def wait_until(predicate, timeout, what):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting for " + what)
 
 
 class XoRig(object):
