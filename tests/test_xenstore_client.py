@@ -567,8 +567,8 @@ def test_the_xenbus_device_is_never_waited_on_for_writability(xenbus_emulator, m
     import xe_quiesce.xenstore as xenstore_module
     real_wait = xenstore_module._wait_fd
 
-    def device_poll(fd, deadline, write=False):
-        return False if write else real_wait(fd, deadline)
+    def device_poll(fd, deadline, write=False, wake_fd=None):
+        return False if write else real_wait(fd, deadline, wake_fd=wake_fd)
 
     monkeypatch.setattr(xenstore_module, "_wait_fd", device_poll)
     emulator = xenbus_emulator()

@@ -2,11 +2,13 @@
 
 It owns the xenstore client, the watches and the one QuiesceSession of a request; the
 decisions are the machine's. One thread does everything (the client is not thread
-safe), waiting in short steps so that the deadline, SIGTERM and the watchdog are seen
-within POLL seconds during a request, IDLE_POLL seconds between requests. While frozen
-it only talks to xenstore and logs through the gate: no file is written.
+safe). It blocks in xenstore until an event, the session's deadline, the watchdog's
+next beat, or a signal (SIGTERM/SIGINT wake it through a wake-up pipe): an idle agent
+has no periodic wake-ups. While frozen it only talks to xenstore and logs through the
+gate: no file is written.
 """
 import logging
+import os
 import signal
 import time
 
@@ -25,9 +27,6 @@ from .xenstore import (
 )
 
 LOG = logging.getLogger(__name__)
-POLL = 0.25
-# Between requests only SIGTERM needs noticing: wake up less (the idle cost is measured).
-IDLE_POLL = 1.0
 FEATURE = "control/feature-quiesce"
 TOKENS = ("action", "feature", "domain", "status")
 
@@ -65,6 +64,7 @@ class GuestAgent(object):
         self.running = False
         self.feature_refused = False
         self.interrupted = False  # set when the journal shows a request cut off by a crash
+        self.wake_fd = None  # read end of the signal wake-up pipe while run() runs
 
     # -- life cycle ---------------------------------------------------------------
 
@@ -75,6 +75,10 @@ class GuestAgent(object):
         """Serve until stopped (SIGTERM/SIGINT); a frozen session is thawed first."""
         previous = {sig: signal.signal(sig, self.request_stop)
                     for sig in (signal.SIGTERM, signal.SIGINT)}
+        self.wake_fd, wake_write = os.pipe()
+        for fd in (self.wake_fd, wake_write):
+            os.set_blocking(fd, False)
+        previous_wakeup = signal.set_wakeup_fd(wake_write)
         watchdog = None
         try:
             self.start()
@@ -85,12 +89,16 @@ class GuestAgent(object):
             while self.running:
                 if watchdog:
                     watchdog.beat(self.config.freeze.max_frozen + 2 * interval)
-                self.step(IDLE_POLL if self.machine.state == cv.IDLE else POLL)
+                self.step(interval)
         finally:
             if watchdog:
                 watchdog.stop()
+            signal.set_wakeup_fd(previous_wakeup)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            for fd in (self.wake_fd, wake_write):
+                os.close(fd)
+            self.wake_fd = None
             self.client.close()
 
     def start(self):
@@ -146,8 +154,9 @@ class GuestAgent(object):
 
     # -- the loop -------------------------------------------------------------------
 
-    def step(self, timeout):
-        """Wait up to `timeout` s for one thing to happen and handle it."""
+    def step(self, timeout=None):
+        """Wait for one thing to happen and handle it: up to `timeout` s (None: no
+        limit) and, while frozen, no longer than the session's deadline."""
         if self.stop_requested and self.machine.state in (cv.IDLE, cv.FROZEN):
             self.stop_requested = False
             return self.feed(cv.Stop())
@@ -155,8 +164,10 @@ class GuestAgent(object):
             left = self.session.remaining()
             if left <= 0:
                 return self.feed(cv.Timeout())
-            timeout = min(timeout, left)
-        event = self.client.wait_event(timeout)
+            timeout = left if timeout is None else min(timeout, left)
+        event = self.client.wait_event(timeout, self.wake_fd)
+        if event is None and self.wake_fd is not None:
+            self._drain_wakeups()
         if self.reconnected:
             self.reconnected = False
             self.feed(cv.Reconnected())
@@ -164,6 +175,14 @@ class GuestAgent(object):
             seen = self._read_event(event[1])
             if seen is not None:
                 self.feed(seen)
+
+    def _drain_wakeups(self):
+        """Empty the wake-up pipe (the signal handler has already set its flag)."""
+        try:
+            while os.read(self.wake_fd, 512):
+                pass
+        except BlockingIOError:
+            pass
 
     def _read_event(self, token):
         """Re-read what a watch event points at (events are only hints)."""

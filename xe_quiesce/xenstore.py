@@ -41,6 +41,7 @@ Thread safety: none. The daemon owns one client and calls it from one thread;
 import collections
 import errno
 import logging
+import math
 import os
 import select
 import socket
@@ -58,6 +59,9 @@ _HEADER = Packet._struct  # four native uint32: type, req_id, tx_id, len
 _EVENT_QUEUE_MAX = 4096
 _BACKOFF_FIRST = 0.05
 _BACKOFF_MAX = 1.0
+# An unbounded wait_event still gives up reconnecting after this long, so that its
+# caller can look at its stop flag while xenstore is unreachable.
+_RECONNECT_STEP = 1.0
 
 
 class XenstoreError(Exception):
@@ -189,13 +193,14 @@ class _Channel:
             except OSError as exc:
                 raise _Dropped(f"write to {self.name}: {exc}")
 
-    def recv(self, deadline):
-        """Next packet as ``(op, rq_id, tx_id, payload)``, or None at the deadline."""
+    def recv(self, deadline, wake_fd=None):
+        """Next packet as ``(op, rq_id, tx_id, payload)``, or None at the deadline or
+        as soon as ``wake_fd`` is readable."""
         while True:
             packet = self._frame()
             if packet is not None:
                 return packet
-            if not _wait_fd(self.fd, deadline):
+            if not _wait_fd(self.fd, deadline, wake_fd=wake_fd):
                 return None
             try:
                 chunk = os.read(self.fd, 65536)
@@ -221,20 +226,22 @@ class _Channel:
         return op, rq_id, tx_id, payload
 
 
-def _wait_fd(fd, deadline, write=False):
-    """Wait until fd is ready or the deadline passes; True if ready."""
+def _wait_fd(fd, deadline, write=False, wake_fd=None):
+    """Wait until fd is ready; False when the deadline (math.inf: none) passes first or
+    ``wake_fd`` (a signal wake-up pipe) is readable."""
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
             return False
+        readers = [] if write else [fd]
+        if wake_fd is not None:
+            readers.append(wake_fd)
         try:
-            if write:
-                ready = select.select([], [fd], [], left)[1]
-            else:
-                ready = select.select([fd], [], [], left)[0]
+            readable, writable, _ = select.select(readers, [fd] if write else [], [],
+                                                  None if left == math.inf else left)
         except InterruptedError:
             continue
-        return bool(ready)
+        return fd in (writable if write else readable)
 
 
 def _encode(kind, text):
@@ -477,29 +484,33 @@ class XenstoreClient:
                 return event
         return None
 
-    def wait_event(self, timeout):
-        """Return the next ``(path, token)`` watch event, or None after ``timeout`` s.
+    def wait_event(self, timeout, wake_fd=None):
+        """Return the next ``(path, token)`` watch event, or None after ``timeout`` s
+        (None: no limit) or as soon as ``wake_fd`` is readable.
 
         Events are hints: xenstore fires once at registration and may fire
         spuriously, so re-read the node. A dropped connection is re-established
-        within this call's timeout (re-registering the watches may take up to the
-        client's ``timeout`` more); if it cannot be, the call returns None and
-        ``connected`` stays False.
+        within this call's timeout, at most _RECONNECT_STEP s of it when there is
+        none (re-registering the watches may take up to the client's ``timeout``
+        more); if it cannot be, the call returns None and ``connected`` stays False.
+        A daemon waits with no timeout and its signal wake-up pipe as ``wake_fd``,
+        so that an idle agent does not wake up periodically.
         """
-        deadline = time.monotonic() + timeout
+        deadline = math.inf if timeout is None else time.monotonic() + timeout
         while True:
             event = self._pop_event()
             if event is not None:
                 return event
             if self._channel is None:
                 try:
-                    self._ensure_connected(deadline)
+                    self._ensure_connected(deadline if timeout is not None
+                                          else time.monotonic() + _RECONNECT_STEP)
                 except (XenstoreConnectionError, XenstoreTimeout) as exc:
                     LOG.warning("xenstore still unreachable: %s", exc)
                     return None
                 continue  # re-registering may have queued events
             try:
-                packet = self._channel.recv(deadline)
+                packet = self._channel.recv(deadline, wake_fd)
             except _Dropped as exc:
                 LOG.warning("xenstore connection lost while waiting: %s", exc)
                 self._drop()

@@ -17,6 +17,7 @@ import hmac
 import ipaddress
 import logging
 import os
+import select
 import socket
 import socketserver
 import stat
@@ -88,6 +89,18 @@ class _Server(socketserver.ThreadingMixIn, HTTPServer):
     def handle_error(self, request, client_address):
         log.info("sync hook: connection from %s failed", client_address[0], exc_info=True)
 
+    def serve_until(self, stop_fd):
+        """Accept until `stop_fd` is readable. socketserver's serve_forever wakes every
+        0.5 s to look for a shutdown request; this blocks until something happens."""
+        while True:
+            try:
+                ready = select.select([self.socket, stop_fd], [], [])[0]
+            except InterruptedError:
+                continue
+            if stop_fd in ready:
+                return
+            self.handle_request()
+
     def get_request(self):
         conn, address = self.socket.accept()
         return self.hook.context.wrap_socket(conn, server_side=True,
@@ -142,6 +155,8 @@ class SyncHook(object):
         self.xo = config.xo
         self.coordinator = coordinator
         self.servers = []
+        self.threads = []
+        self._stop_pipe = None
         self.cert = None
         self.context = None
         self.policy = None
@@ -162,11 +177,14 @@ class SyncHook(object):
         self.policy = AccessPolicy(self.xo.allow_from, secret)
         self.cert, key = certificate_pair(self.xo)
         self.context = server_context(self.cert, key)
+        self._stop_pipe = os.pipe()
         for address, family in self._addresses():
             server = _Server((address, self.xo.port), family, self)
             self.servers.append(server)
-            threading.Thread(target=server.serve_forever, name="xe-quiesce-xo",
-                             daemon=True).start()
+            thread = threading.Thread(target=server.serve_until, args=(self._stop_pipe[0],),
+                                      name="xe-quiesce-xo", daemon=True)
+            thread.start()
+            self.threads.append(thread)
         log.info("Xen Orchestra sync hook listening on port %d (certificate %s)", self.xo.port,
                  self.fingerprint())
         return True
@@ -187,10 +205,16 @@ class SyncHook(object):
         return fingerprint(self.cert) if self.cert else None
 
     def stop(self):
+        if self._stop_pipe is None:
+            return
+        os.write(self._stop_pipe[1], b"x")  # never read: every listener thread sees it
+        for thread in self.threads:
+            thread.join()
         for server in self.servers:
-            server.shutdown()
             server.server_close()
-        self.servers = []
+        for fd in self._stop_pipe:
+            os.close(fd)
+        self.servers, self.threads, self._stop_pipe = [], [], None
 
     def sync(self):
         try:
