@@ -7,6 +7,8 @@ import signal
 import subprocess
 import sys
 
+from tests.waiting import wait_until
+
 
 class GuestDaemon(object):
     def __init__(self, config, xenstore_args, log_path, env=None):
@@ -24,6 +26,16 @@ class GuestDaemon(object):
 
     def alive(self):
         return self.process is not None and self.process.poll() is None
+
+    def wait_for(self, predicate, what, timeout=10.0):
+        """Wait until predicate() holds while the daemon runs; if it exits first, fail at
+        once with its log (not after the timeout, with no clue)."""
+        def check():
+            if not self.alive():
+                raise AssertionError("the guest daemon exited ({}) waiting for {}:\n{}".format(
+                    self.process.returncode, what, self.log()))
+            return predicate()
+        return wait_until(check, timeout, what)
 
     def log(self):
         with open(self.log_path, errors="replace") as handle:

@@ -87,14 +87,8 @@ class Rig(object):
         return self.client.read_or(self.home + "/" + key, default)
 
     def wait_state(self, state, timeout=10.0):
-        wait_until(lambda: self.daemon.poll() is None and self.read("data/xe-quiesce/state")
-                   == state or self._died(), timeout, "daemon state " + state)
-
-    def _died(self):
-        if self.daemon.poll() is not None:
-            raise AssertionError("the daemon exited ({}):\n{}".format(
-                self.daemon.returncode, self.log()))
-        return False
+        self.guestd.wait_for(lambda: self.read("data/xe-quiesce/state") == state,
+                             "daemon state " + state, timeout)
 
     def log(self):
         return self.guestd.log()

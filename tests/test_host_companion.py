@@ -129,14 +129,7 @@ class Host(object):
         return self.client.read_or(self.home + "/" + key)
 
     def wait(self, predicate, what, timeout=15.0):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return
-            if self.guestd is not None and not self.guestd.alive():
-                raise AssertionError("the guest daemon exited:\n" + self.guestd.log())
-            time.sleep(0.05)
-        raise AssertionError("timed out waiting for " + what)
+        self.guestd.wait_for(predicate, what, timeout)
 
     def env(self):
         env = dict(os.environ, XE_QUIESCE_XAPI_URL=self.xapi.url,

@@ -79,6 +79,97 @@ def exercise_watch(c, base):
     assert c.wait_event(0.3) is None
 
 
+QUIRKS = {
+    "plain": {},
+    "zero-watch-ids": {"zero_watch_ids": True},
+    "foreign-req-ids": {"foreign_req_ids": True},
+    "events-first": {"events_first": True},
+    "all": {"zero_watch_ids": True, "foreign_req_ids": True, "events_first": True},
+}
+
+
+
+
+class Transport(object):
+    """How a test reaches its xenstored: the unix socket, or the pty xenbus emulator with
+    one set of the Linux device's quirks (then `emulator` says which)."""
+
+    def __init__(self, uri, emulator=None):
+        self.uri = uri
+        self.emulator = emulator
+
+    def client(self, timeout=2.0):
+        c = XenstoreClient(self.uri, timeout=timeout)
+        c.connect()
+        return c
+
+
+@pytest.fixture(params=["unix-socket"] + ["xenbus-" + name for name in QUIRKS])
+def transport(request, xenstored, xenbus_emulator):
+    if request.param == "unix-socket":
+        return Transport(xenstored.uri)
+    emulator = xenbus_emulator(**QUIRKS[request.param[len("xenbus-"):]])
+    return Transport("xenbus:" + emulator.path, emulator)
+
+
+# -- every transport --------------------------------------------------------------------
+
+def test_api_and_watch(transport):
+    c = transport.client()
+    exercise_api(c, "/t")
+    exercise_watch(c, "/t")
+    c.close()
+    emulator = transport.emulator
+    if emulator is None:
+        return
+    sent = emulator.sent
+    if emulator.zero_watch_ids:
+        assert (WATCH, 0, 0) in sent
+    if emulator.foreign_req_ids:
+        assert all(rq_id >= 0x10000 for op, rq_id, _tx in sent if op not in MADE_UP)
+    if emulator.events_first:  # the initial event overtook the WATCH reply
+        ops = [op for op, _rq, _tx in sent]
+        assert ops[ops.index(WATCH) - 1] == WATCH_EVENT
+
+
+def test_timeout_when_xenstored_stops_answering(transport, xenstored):
+    c = transport.client(timeout=0.5)
+    c.write("/t", "1")
+    xenstored.pause()
+    try:
+        start = time.monotonic()
+        with pytest.raises(XenstoreTimeout):
+            c.read("/t")
+        assert time.monotonic() - start < 1.0
+        start = time.monotonic()
+        assert c.wait_event(0.3) is None  # must not hang either
+        assert time.monotonic() - start < 1.0
+    finally:
+        xenstored.resume()
+    assert c.read("/t") == "1"  # a fresh connection: no late reply is mistaken
+    c.close()
+
+
+def test_xenstored_restart_reconnects_and_rewatches(transport, xenstored):
+    c = transport.client(timeout=3.0)
+    reconnects = []
+    c.on_reconnect = lambda: (reconnects.append(1), c.write("/w/adv", "1"))
+    c.write("/w", "0")
+    c.watch("/w", "tok")
+    assert until(c, ("/w", "tok"))
+    xenstored.kill()
+    xenstored.restart()  # same socket path, empty store
+    # The client notices while waiting, reconnects, re-registers its watch, then
+    # on_reconnect advertises again (through the client) and the watch sees it.
+    assert until(c, ("/w/adv", "tok"))
+    assert reconnects == [1]
+    assert c.read("/w/adv") == "1"
+    assert c.read_or("/w/x") is None  # the new store is empty
+    c.write("/w", "again")
+    assert c.wait_event(2) == ("/w", "tok")
+    c.close()
+
+
 # -- the real C xenstored over its unix socket ----------------------------------
 
 @pytest.mark.parametrize("uri", ["", "tcp:1.2.3.4", "unix:", "xenbus:", "foo", None])
@@ -93,14 +184,6 @@ def test_default_xenbus_uri_reports_missing_device(monkeypatch, tmp_path):
     with pytest.raises(XenstoreConnectionError, match="no xenbus device"):
         XenstoreClient().connect()
     assert time.monotonic() - start < 1.0  # not retried for the 10 s timeout
-
-
-def test_api_over_unix_socket(client):
-    exercise_api(client, "/test")
-
-
-def test_watch_over_unix_socket(client):
-    exercise_watch(client, "/test")
 
 
 def test_relative_paths_resolve_against_dom0_home(client):
@@ -157,45 +240,6 @@ def test_xenstore_errors_carry_their_code(client):
     with pytest.raises(XenstoreError) as info:
         client.set_perms("/missing", ["n0"])
     assert info.value.code == "ENOENT"
-
-
-def test_timeout_when_xenstored_stops_answering(xenstored):
-    c = XenstoreClient(xenstored.uri, timeout=0.5)
-    c.connect()
-    c.write("/t", "1")
-    xenstored.pause()
-    try:
-        start = time.monotonic()
-        with pytest.raises(XenstoreTimeout):
-            c.read("/t")
-        assert time.monotonic() - start < 1.0
-        start = time.monotonic()
-        assert c.wait_event(0.3) is None  # must not hang either
-        assert time.monotonic() - start < 1.0
-    finally:
-        xenstored.resume()
-    assert c.read("/t") == "1"  # a fresh connection: no late reply is mistaken
-    c.close()
-
-
-def test_reconnect_after_xenstored_restart(xenstored):
-    c = XenstoreClient(xenstored.uri, timeout=3.0)
-    c.connect()
-    reconnects = []
-    c.on_reconnect = lambda: (reconnects.append(1), c.write("/w/adv", "1"))
-    c.write("/w", "0")
-    c.watch("/w", "tok")
-    assert until(c, ("/w", "tok"))
-    xenstored.kill()
-    xenstored.restart()  # same socket path, empty store
-    # The client notices while waiting, reconnects, re-registers its watch, then
-    # on_reconnect advertises again (through the client) and the watch sees it.
-    assert until(c, ("/w/adv", "tok"))
-    assert reconnects == [1]
-    assert c.read("/w/adv") == "1"
-    c.write("/w", "again")
-    assert c.wait_event(2) == ("/w", "tok")
-    c.close()
 
 
 def test_request_during_outage_waits_for_xenstored(xenstored):
@@ -278,15 +322,6 @@ def test_reconnect_gives_up_within_the_timeout(xenstored):
 
 # -- through the xenbus emulator, with each kernel quirk ---------------------------
 
-QUIRKS = {
-    "plain": {},
-    "zero-watch-ids": {"zero_watch_ids": True},
-    "foreign-req-ids": {"foreign_req_ids": True},
-    "events-first": {"events_first": True},
-    "all": {"zero_watch_ids": True, "foreign_req_ids": True, "events_first": True},
-}
-
-
 @pytest.fixture(params=list(QUIRKS), ids=list(QUIRKS))
 def emulator(request, xenbus_emulator):
     return xenbus_emulator(**QUIRKS[request.param])
@@ -298,28 +333,20 @@ def bus_client(emulator, timeout=2.0):
     return c
 
 
-def test_api_over_xenbus(emulator):
-    c = bus_client(emulator)
-    exercise_api(c, "/bus")
-    exercise_watch(c, "/bus")
-    c.close()
-    sent = emulator.sent
-    if emulator.zero_watch_ids:
-        assert (WATCH, 0, 0) in sent
-    if emulator.foreign_req_ids:
-        assert all(rq_id >= 0x10000 for op, rq_id, _tx in sent if op not in MADE_UP)
-    if emulator.events_first:  # the initial event overtook the WATCH reply
-        ops = [op for op, _rq, _tx in sent]
-        assert ops[ops.index(WATCH) - 1] == WATCH_EVENT
-
-
-def test_drop_over_xenbus_reconnects_and_rewatches(emulator):
-    c = bus_client(emulator)
+def watching_client(emulator, timeout=2.0):
+    """A client watching /bus/w (its first event consumed) and the list its reconnects
+    append to."""
+    c = bus_client(emulator, timeout)
     reconnects = []
     c.on_reconnect = lambda: reconnects.append(1)
     c.write("/bus/w", "0")
     c.watch("/bus/w", "tok")
     assert until(c, ("/bus/w", "tok"))
+    return c, reconnects
+
+
+def test_drop_over_xenbus_reconnects_and_rewatches(emulator):
+    c, reconnects = watching_client(emulator)
     emulator.drop()
     assert c.wait_event(2) == ("/bus/w", "tok")  # re-registration fires
     assert reconnects == [1] and emulator.sessions_opened == 2
@@ -412,12 +439,7 @@ def test_rewatch_has_its_own_budget_not_the_waits(xenbus_emulator):
     """Every reply takes 0.3 s; waits of 0.1 s must still re-register the watch
     (before: each wait timed re-registration out, dropped and reconnected again)."""
     emulator = xenbus_emulator(events_first=True, hold=0.3)
-    c = bus_client(emulator, timeout=3.0)
-    reconnects = []
-    c.on_reconnect = lambda: reconnects.append(1)
-    c.write("/bus/w", "0")
-    c.watch("/bus/w", "tok")
-    assert until(c, ("/bus/w", "tok"))
+    c, reconnects = watching_client(emulator, timeout=3.0)
     emulator.drop()
     for _ in range(5):
         c.wait_event(0.1)
@@ -429,12 +451,7 @@ def test_rewatch_has_its_own_budget_not_the_waits(xenbus_emulator):
 
 def test_failed_rewatch_leaves_the_client_disconnected(xenbus_emulator, xenstored):
     emulator = xenbus_emulator()
-    c = bus_client(emulator, timeout=0.5)
-    reconnects = []
-    c.on_reconnect = lambda: reconnects.append(1)
-    c.write("/bus/w", "0")
-    c.watch("/bus/w", "tok")
-    assert until(c, ("/bus/w", "tok"))
+    c, reconnects = watching_client(emulator, timeout=0.5)
     xenstored.pause()
     try:
         emulator.drop()
@@ -452,36 +469,6 @@ def test_failed_rewatch_leaves_the_client_disconnected(xenbus_emulator, xenstore
     assert reconnects == [1]
     c.write("/bus/w", "1")
     assert until(c, ("/bus/w", "tok"))
-    c.close()
-
-
-def test_timeout_over_xenbus(emulator, xenstored):
-    c = bus_client(emulator, timeout=0.5)
-    c.write("/bus/t", "1")
-    xenstored.pause()
-    try:
-        start = time.monotonic()
-        with pytest.raises(XenstoreTimeout):
-            c.read("/bus/t")
-        assert time.monotonic() - start < 1.0
-    finally:
-        xenstored.resume()
-    assert c.read("/bus/t") == "1"
-    c.close()
-
-
-def test_xenstored_restart_behind_xenbus(emulator, xenstored):
-    c = bus_client(emulator, timeout=3.0)
-    reconnects = []
-    c.on_reconnect = lambda: (reconnects.append(1), c.write("/bus/w/adv", "1"))
-    c.write("/bus/w", "0")
-    c.watch("/bus/w", "tok")
-    assert until(c, ("/bus/w", "tok"))
-    xenstored.kill()
-    xenstored.restart()
-    assert until(c, ("/bus/w/adv", "tok"))
-    assert reconnects == [1]
-    assert c.read_or("/bus/w/x") is None  # the new store is empty
     c.close()
 
 
