@@ -333,6 +333,31 @@ def test_vm_snapshot_failing_thaws_the_guest_and_fails_cleanly(host, front):
     host.wait(lambda: host.read("data/xe-quiesce/state") == "idle", "idle")
 
 
+def test_snapshot_timeout_is_the_budget_of_vm_snapshot(host, front):
+    """A VM.snapshot slower than --snapshot-timeout: the guest is told snapshots-failed
+    and thaws, the late snapshot is destroyed, and the admin reads the real cause; the
+    same VM.snapshot within a larger budget gives a quiesced snapshot."""
+    host.make_vm().start_guest()
+
+    def slow_snapshot():
+        host.probe()
+        time.sleep(1.5)
+
+    host.xapi.before_snapshot = slow_snapshot
+    late = front(host, "snapshot", vm_argument(host, front), snapshot_timeout=0.5)
+    assert not late.ok
+    assert "snapshot not finished within 0.5 s (the guest was told" in late.error, late.error
+    assert "no snapshot was left behind" in late.error
+    assert host.frozen_now() == [False, False]
+    assert_nothing_left(host)
+    host.wait(lambda: host.read("data/xe-quiesce/state") == "idle", "idle")
+    taken = front(host, "snapshot", vm_argument(host, front), snapshot_timeout=5)
+    assert taken.ok, taken.error
+    assert host.probes == [[True, True], [True, True]]
+    [snap], _ = host.snapshot_records()
+    assert snap["uuid"] == taken.value
+
+
 # -- refusals before anything happens -----------------------------------------------------
 
 def test_vm_elsewhere_or_not_running_or_unknown_is_refused(host, front):

@@ -45,11 +45,15 @@ def cli(ctx, verbose, xapi_url, xenstore):
               show_default=True,
               help="Seconds the guest may take to quiesce and report, as XAPI's "
                    "snapshot_with_quiesce_timeout.")
+@click.option("--snapshot-timeout", type=float, default=companion.SNAPSHOT_TIMEOUT,
+              metavar="S", show_default=True,
+              help="Seconds VM.snapshot may take while the guest is frozen, as snapwatchd "
+                   "allowed; the guest's [freeze] max-frozen still bounds the whole hold.")
 @click.option("--fallback", type=click.Choice([companion.CRASH_CONSISTENT]),
               help="If the guest cannot quiesce, take a plain (crash-consistent) snapshot "
                    "and say so, instead of failing.")
 @click.pass_obj
-def snapshot(settings, vm, name, timeout, fallback):
+def snapshot(settings, vm, name, timeout, snapshot_timeout, fallback):
     """Take a quiesced snapshot of VM (uuid or name-label); print its uuid.
 
     The snapshot is tagged `quiesced` and its other-config holds the guest's
@@ -57,7 +61,7 @@ def snapshot(settings, vm, name, timeout, fallback):
     """
     with _session(settings) as api, api_errors("snapshot of {}".format(vm)):
         outcome = companion.snapshot(api, settings, vm, name=name, timeout=timeout,
-                                     fallback=fallback)
+                                     fallback=fallback, snapshot_timeout=snapshot_timeout)
     if not outcome.quiesced:
         click.echo("xe-quiesce-host: warning: {}; took a crash-consistent snapshot "
                    "instead (tagged {})".format(outcome.reason, companion.CRASH_CONSISTENT),

@@ -19,7 +19,7 @@ import time
 
 from ..xenstore import XenstoreClient, XenstoreNotFound
 from . import xapi_role, xenopsd
-from .snapwatchd_role import SnapshotResult, Snapwatchd
+from .snapwatchd_role import FAILED, SNAPSHOT_TIMEOUT, SnapshotResult, Snapwatchd
 from .xenapi_ops import (
     INVENTORY,
     XAPI_URL_ENV,
@@ -94,12 +94,17 @@ class Outcome(object):
         self.reason = reason
 
 
-def snapshot(api, settings, vm, name=None, timeout=xapi_role.STATUS_TIMEOUT, fallback=None):
-    """Take a quiesced snapshot of `vm` (uuid or name-label); returns an Outcome."""
+def snapshot(api, settings, vm, name=None, timeout=xapi_role.STATUS_TIMEOUT, fallback=None,
+             snapshot_timeout=SNAPSHOT_TIMEOUT):
+    """Take a quiesced snapshot of `vm` (uuid or name-label); returns an Outcome.
+
+    `snapshot_timeout`: what VM.snapshot may take while the guest is frozen (snapwatchd's
+    fixed 10 s by default; a large VM's storage may need more, up to what the guest's own
+    max-frozen leaves)."""
     if fallback not in (None, CRASH_CONSISTENT):
         raise HostError("unknown fallback {!r} (known: {})".format(fallback, CRASH_CONSISTENT))
-    if not timeout > 0:
-        raise HostError("the timeout must be a positive number of seconds")
+    if not timeout > 0 or not snapshot_timeout > 0:
+        raise HostError("timeouts must be positive numbers of seconds")
     ref, record = find_vm(api, vm)
     check_runs_here(api, record, local_host_uuid(settings.inventory))
     name = name or "{} (quiesced {})".format(record["name_label"],
@@ -107,7 +112,8 @@ def snapshot(api, settings, vm, name=None, timeout=xapi_role.STATUS_TIMEOUT, fal
                                                            time.gmtime()))
     with vm_lock(settings.lock_dir, record["uuid"]):
         try:
-            return Outcome(quiesced_snapshot(api, settings, ref, record, name, timeout), True)
+            return Outcome(quiesced_snapshot(api, settings, ref, record, name, timeout,
+                                             snapshot_timeout), True)
         except GuestCannotQuiesce as error:
             if fallback != CRASH_CONSISTENT:
                 raise
@@ -175,7 +181,7 @@ class Snapshotter(object):
         return problems
 
 
-def quiesced_snapshot(api, settings, ref, record, name, timeout):
+def quiesced_snapshot(api, settings, ref, record, name, timeout, snapshot_timeout):
     """The three removed roles for one request; returns the snapshot's uuid."""
     vm_uuid, domid = record["uuid"], int(record["domid"])
     vm_disks = [disk["vdi"] for disk in disks(api, record) if disk["type"] != "CD" and disk["vdi"]]
@@ -192,8 +198,10 @@ def quiesced_snapshot(api, settings, ref, record, name, timeout):
         vss = xenopsd.ensure_vss(client, home, domid, vm_uuid)
         client.rm(vss + "/status")  # a leftover request must not be answered now
         stop = threading.Event()
+        roles = []
         server = threading.Thread(target=_serve, name="snapwatchd", daemon=True,
-                                  args=(settings, vss, home, vm_disks, taker, stop))
+                                  args=(settings, vss, home, vm_disks, taker,
+                                        snapshot_timeout, stop, roles))
         server.start()
         try:
             answer = xapi_role.snapshot_with_quiesce(
@@ -205,8 +213,9 @@ def quiesced_snapshot(api, settings, ref, record, name, timeout):
             stop.set()
             server.join(5.0)
     if answer is None:
+        host_error = taker.error or _snapwatchd_failure(roles)
         raise GuestCannotQuiesce(_with_cleanup(
-            explain(failure, settings.ack_timeout, timeout, taker.error), taker.discard()))
+            explain(failure, settings.ack_timeout, timeout, host_error), taker.discard()))
     try:
         annotate(api, taker.taken[-1], QUIESCED_TAG, {MANIFEST_KEY: answer.snapid})
     except xenapi().Failure as error:
@@ -223,16 +232,30 @@ def guest_home(client, domid, vm_uuid):
     return home
 
 
-def _serve(settings, vss, home, vm_disks, taker, stop):
-    """snapwatchd's thread, on its own xenstore connection as the real daemon had.
+def _serve(settings, vss, home, vm_disks, taker, snapshot_timeout, stop, roles):
+    """snapwatchd's thread, on its own xenstore connection as the real daemon had; the
+    role is appended to `roles` so that its outcomes can be read afterwards.
 
     If it dies, the guest thaws at its own deadline and XAPI's side reports that.
     """
     try:
         with XenstoreClient(settings.xenstore) as client:
-            Snapwatchd(client, vss, home, vm_disks, taker).serve(stop.is_set)
+            role = Snapwatchd(client, vss, home, vm_disks, taker,
+                              snapshot_timeout=snapshot_timeout)
+            roles.append(role)
+            role.serve(stop.is_set)
     except Exception:  # logged; the conversation's error is what the admin gets
         LOG.exception("snapwatchd role for %s failed", vss)
+
+
+def _snapwatchd_failure(roles):
+    """Why snapwatchd answered snapshots-failed when VM.snapshot itself did not fail
+    (it was still running at the end of its budget), or None."""
+    for role in roles:
+        for outcome in role.outcomes:
+            if outcome and outcome.startswith(FAILED + ": "):
+                return outcome[len(FAILED) + 2:]
+    return None
 
 
 def explain(error, ack_timeout, timeout, host_error):

@@ -6,8 +6,8 @@ fn, args)`; that script hands `FUNCTIONS` to `XenAPIPlugin.dispatch`, which call
 returns the string result (or, for an exception, XENAPI_PLUGIN_FAILURE with its
 message) to the caller.
 
-    snapshot  args vm (uuid or name-label), name, timeout (s), fallback
-              (crash-consistent); returns the snapshot's uuid
+    snapshot  args vm (uuid or name-label), name, timeout (s), snapshot_timeout (s),
+              fallback (crash-consistent); returns the snapshot's uuid
     check     args vm; returns the check report as JSON
 """
 import json
@@ -15,7 +15,7 @@ import json
 from . import companion, xapi_role
 from .xenapi_ops import HostError, api_errors, rebind
 
-SNAPSHOT_ARGS = ("vm", "name", "timeout", "fallback")
+SNAPSHOT_ARGS = ("vm", "name", "timeout", "snapshot_timeout", "fallback")
 
 
 def _args(args, known):
@@ -33,17 +33,23 @@ def _api(session, settings):
     return rebind(session, settings.xapi_url).xenapi
 
 
+def _seconds(args, key, default):
+    try:
+        return float(args.get(key) or default)
+    except ValueError:
+        raise HostError("{} must be a number of seconds, not {!r}".format(key, args[key]))
+
+
 def snapshot(session, args):
     args = _args(args, SNAPSHOT_ARGS)
     settings = companion.Settings.from_env()
-    try:
-        timeout = float(args.get("timeout") or xapi_role.STATUS_TIMEOUT)
-    except ValueError:
-        raise HostError("timeout must be a number of seconds, not {!r}".format(args["timeout"]))
+    timeout = _seconds(args, "timeout", xapi_role.STATUS_TIMEOUT)
+    snapshot_timeout = _seconds(args, "snapshot_timeout", companion.SNAPSHOT_TIMEOUT)
     with api_errors("snapshot of {}".format(args["vm"])):
         outcome = companion.snapshot(_api(session, settings), settings, args["vm"],
                                      name=args.get("name") or None, timeout=timeout,
-                                     fallback=args.get("fallback") or None)
+                                     fallback=args.get("fallback") or None,
+                                     snapshot_timeout=snapshot_timeout)
     return outcome.uuid
 
 
