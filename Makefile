@@ -52,7 +52,7 @@ unit-oldest: deps
 	$(VENV_OLDEST)/bin/python -m pytest -p no:cacheprovider -rs $(PYTEST_ARGS) tests
 unit: unit-newest unit-oldest
 
-test: deps lint unit test-packaging
+test: deps lint unit test-packaging test-e2e
 
 demo: deps
 	$(VENV)/bin/python -m tests.demo

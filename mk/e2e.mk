@@ -4,8 +4,11 @@
 # Images: /var/cache/xe-quiesce/e2e/ (rebuilt when a package version or the recipe changes).
 # The domU gets the .deb that `make deb` builds; a failed boot keeps its serial log in
 # artifacts/e2e/. One line per scenario: PASS, FAIL or SKIP; exit 1 on any FAIL.
+# make test runs test-e2e: every scenario, and a SKIP fails it too (--strict).
 E2E_ARGS ?=
 
-.PHONY: e2e
-e2e: apt $(VENV)/stamp $(if $(wildcard mk/packaging.mk),deb)
+.PHONY: e2e test-e2e
+e2e: apt $(VENV)/stamp deb
 	$(PYTHON) tests/e2e/bed.py $(E2E_ARGS)
+test-e2e: apt $(VENV)/stamp deb
+	$(PYTHON) tests/e2e/bed.py --strict

@@ -64,8 +64,18 @@ class Spy(threading.Thread):
                  if name == key and current == value and when <= limit]
         return times[-1] if times else None
 
+    def _action_times(self):
+        """C/action's events: its creation, then its deletion (the watched parents' own
+        registration events are not among the keys). Values are not trusted: the agent may
+        delete the key before the creation event is even read."""
+        return [when for when, name, _ in self.events if name == "action"]
+
+    def requested(self):
+        """When XAPI wrote C/action, or None."""
+        times = self._action_times()
+        return times[0] if times else None
+
     def acknowledged(self):
-        """Seconds from C/action's creation event to its deletion event (the agent may delete
-        it before the first event is even read), or None if it was never deleted."""
-        times = [when for when, name, _ in self.events if name == "action"]
+        """Seconds from C/action's creation to its deletion, or None if never deleted."""
+        times = self._action_times()
         return times[1] - times[0] if len(times) >= 2 else None

@@ -186,8 +186,13 @@ class Harness(object):
             return [sys.executable, "-m", "xe_quiesce.cli", "run", "--config", AGENT_CONFIG]
         return None
 
-    def op_agent_start(self):
-        """Start the agent as the package does (its init script), or from the source tree."""
+    def op_agent_start(self, max_frozen=None):
+        """Start the agent as the package does (its init script), or from the source tree;
+        with max_frozen, its configuration says that first (a restart keeps it)."""
+        if max_frozen is not None:
+            os.makedirs(os.path.dirname(AGENT_CONFIG), exist_ok=True)
+            with open(AGENT_CONFIG, "w") as handle:
+                handle.write("[freeze]\nmax-frozen = %s\n" % max_frozen)
         if self.agent_mode == "deb":
             code, text = sh("/etc/init.d/xe-quiesce", "start")
             if code:
