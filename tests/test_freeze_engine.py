@@ -268,6 +268,29 @@ def test_stderr_on_the_frozen_filesystem_does_not_block(loopfs, write_config, xe
         run("fsfreeze", "-u", taken.mount_point)
 
 
+def test_stdout_on_the_frozen_filesystem_does_not_block(loopfs, write_config, xe_quiesce):
+    """`xe-quiesce freeze >> LOG` with LOG on a filesystem it freezes: the command returns
+    at once (the summary would wait for the thaw there) and says so on stderr."""
+    fs = loopfs("ext4")
+    config = write_config([fs.mount_point], max_frozen=30)
+    with open(fs.path("backup.log"), "a") as stdout:
+        started = time.monotonic()
+        frozen = subprocess.run(
+            [sys.executable, "-m", "xe_quiesce.cli", "freeze", "--json", "--config", config],
+            stdout=stdout, stderr=subprocess.PIPE, universal_newlines=True, timeout=25)
+    try:
+        assert frozen.returncode == 0, frozen.stderr
+        assert time.monotonic() - started < 10, "must not wait for the deadline"
+        assert is_frozen(fs.mount_point)
+        assert "not written to standard output, a file on a filesystem now frozen" in \
+            frozen.stderr
+    finally:
+        thaw = xe_quiesce("thaw", "--config", config)
+    assert thaw.returncode == 0 and not is_frozen(fs.mount_point)
+    with open(fs.path("backup.log")) as log:
+        assert log.read() == ""
+
+
 def test_this_machine_default_plan_freezes_nothing():
     """The test machine has no Xen VBD: the default rule must leave its root alone."""
     plan = make_plan(parse_config(""))

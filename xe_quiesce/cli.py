@@ -1,5 +1,8 @@
 """The `xe-quiesce` command line (click 6.7 and newer)."""
 import json
+import os
+import stat
+import sys
 import time
 
 import click
@@ -105,7 +108,26 @@ def freeze(config_file, as_json, timeout):
         session = QuiesceSession(config, "cli", journal=_journal(config))
         summary = session.start(timeout)
         session.detach()
+    if _on_frozen_file(sys.stdout, summary["frozen"]):
+        # `xe-quiesce freeze >> /var/log/backup.log` with /var frozen: the write would wait
+        # for the thaw, and the backup script with it, until the deadline.
+        if not _on_frozen_file(sys.stderr, summary["frozen"]):
+            click.echo("xe-quiesce: frozen (session {}); the summary is not written to "
+                       "standard output, a file on a filesystem now frozen".format(
+                           summary["session"]), err=True)
+        return
     _emit(summary, as_json, _print_frozen)
+
+
+def _on_frozen_file(stream, mount_points):
+    """Whether `stream` is a regular file on one of these frozen filesystems (stat is a
+    read: it does not wait for the thaw)."""
+    try:
+        info = os.fstat(stream.fileno())
+    except (AttributeError, OSError, ValueError):
+        return False
+    return stat.S_ISREG(info.st_mode) and any(
+        os.stat(point).st_dev == info.st_dev for point in mount_points)
 
 
 def _print_frozen(summary):
