@@ -1,4 +1,9 @@
-"""The `xe-quiesce` command line (click 6.7 and newer)."""
+"""The `xe-quiesce` command line (click 6.7 and newer).
+
+Only what every command needs is imported here; the session, journal and daemon modules
+load in the commands that use them. `xe-quiesce thaw` runs while the guest is frozen,
+so its start-up is part of the frozen window.
+"""
 import json
 import os
 import stat
@@ -13,9 +18,6 @@ from .cli_options import config_option, json_option, run_main
 from .cli_run import run
 from .config import load_config
 from .errors import QuiesceError
-from .hooks import HookSet
-from .journal import Journal
-from .session import QuiesceSession, make_plan, thaw_from_journal
 
 # Seconds a control request may take beyond the work itself.
 CONTROL_MARGIN = 30.0
@@ -30,6 +32,8 @@ def _emit(data, as_json, human):
 
 def _journal(config, reconcile=True):
     """The journal; leftovers of a dead session are reconciled first, as on every start."""
+    from .journal import Journal
+
     journal = Journal(config.state.run_dir)
     if reconcile:
         try:
@@ -57,6 +61,8 @@ def cli(verbose):
               help="Read /proc and /sys under DIR (a tree captured from another guest).")
 def plan(config_file, as_json, root):
     """Show what a snapshot would freeze, in which order, and what is skipped and why."""
+    from .session import make_plan
+
     config = load_config(config_file)
     if root == "/":
         _journal(config)
@@ -105,6 +111,8 @@ def freeze(config_file, as_json, timeout):
         summary = control.request(config.state.run_dir, "freeze",
                                   config.freeze.max_frozen + CONTROL_MARGIN, timeout=timeout)
     except control.NoDaemon:
+        from .session import QuiesceSession  # before anything freezes
+
         session = QuiesceSession(config, "cli", journal=_journal(config))
         summary = session.start(timeout)
         session.detach()
@@ -149,6 +157,9 @@ def thaw(config_file, as_json):
     try:
         closed = control.request(config.state.run_dir, "thaw", CONTROL_MARGIN)
     except control.NoDaemon:
+        from .hooks import HookSet
+        from .session import thaw_from_journal
+
         closed = thaw_from_journal(_journal(config), HookSet.load(config))
     for line in (closed or {}).get("deferred_log", []):
         click.echo(line, err=True)

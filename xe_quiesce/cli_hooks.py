@@ -14,7 +14,6 @@ from .cli_options import config_option, json_option
 from .config import load_config
 from .errors import HookError
 from .hooks import ACTIONS, HookSet, hook_environment
-from .session import make_plan
 
 
 @click.command("hooks")
@@ -58,6 +57,8 @@ def _print_hooks(data):
 
 
 def _run(config, hook_set, action, as_json):
+    from .session import make_plan  # the session's modules load only for a dry run
+
     deadline = time.time() + config.freeze.max_frozen
     env = hook_environment("dry-run-" + uuid.uuid4().hex[:8], "cli", deadline,
                            [fs.mount_point for fs in make_plan(config).filesystems])

@@ -1,11 +1,13 @@
-"""`xe-quiesce run`: the daemon answering the host's quiesce requests over xenstore."""
+"""`xe-quiesce run`: the daemon answering the host's quiesce requests over xenstore.
+
+The daemon's modules (xenstore, HTTPS, the state machine) are imported when `run` runs,
+not when the command line loads: `xe-quiesce thaw` starts inside the frozen window.
+"""
 import click
 
 from .cli_options import config_option
 from .config import load_config
-from .daemon import Daemon
 from .errors import QuiesceError
-from .xenstore import XenstoreClient, XenstoreError
 
 
 @click.command()
@@ -22,6 +24,9 @@ def run(uri, domain_path, config_file):
 
     A session left by a crashed daemon is reconciled at start.
     """
+    from .daemon import Daemon
+    from .xenstore import XenstoreClient, XenstoreError
+
     config = load_config(config_file)
     try:
         client = XenstoreClient(uri or config.xenstore.uri, timeout=config.xenstore.request_timeout)
