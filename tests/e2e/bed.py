@@ -37,8 +37,8 @@ RUN = images.CACHE / "run"
 # PVH (nested paging emulated by QEMU) is several times slower than PV: it runs the
 # conversation once; the failure paths run on PV, and C xenstored gets the main path.
 BOOTS = {
-    "oxenstored": ("oxenstored", "pv:smoke+success+no-answer+sigkill/pvh:success", 900),
-    "cxenstored": ("cxenstored", "pv:success", 420),
+    "oxenstored": ("oxenstored", "pv:smoke+success+no-answer+sigkill/pvh:success", 1200),
+    "cxenstored": ("cxenstored", "pv:success", 600),
 }
 # Under emulation every mitigation and self-test costs seconds; this is a test bed.
 FAST_LINUX = "mitigations=off cryptomgr.notests random.trust_cpu=on"

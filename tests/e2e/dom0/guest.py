@@ -141,12 +141,16 @@ class Guest(object):
         self.log("%s up in %.1f s" % (self.name, self.boot_s))
         return self
 
+    def alive(self):
+        """Whether the domain still exists (on_crash/on_reboot destroy it)."""
+        return run("xl", "domid", self.name)[0] == 0
+
     def __exit__(self, *exc):
         try:
             self.cmd("shutdown")
         except GuestError as err:
             self.log("shutdown: %s" % err)
-        if not xscli.wait(lambda: run("xl", "domid", self.name)[0] != 0, 30, 0.5):
+        if not xscli.wait(lambda: not self.alive(), 30, 0.5):
             run("xl", "destroy", self.name)
         if self.tail:
             time.sleep(0.5)  # let the last console lines through
@@ -190,7 +194,7 @@ class Guest(object):
             lambda: (lambda r: r if r and r.startswith(prefix) else None)(
                 xscli.read(self.home + "/e2e/reply")), timeout, 0.05)
         if not reply:
-            if run("xl", "domid", self.name)[0]:
+            if not self.alive():
                 raise GuestError("the domU died during %r (crash or reset: see the serial log)"
                                  % op)
             raise GuestError("no reply to %r within %d s" % (op, timeout))

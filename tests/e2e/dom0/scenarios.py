@@ -39,6 +39,7 @@ AGENT = os.environ.get("E2E_AGENT", "none")
 # from request to frozen, a PVH one (nested paging emulated) ~30 s. no-answer waits it out.
 MAX_FROZEN = {"pv": 60.0, "pvh": 120.0}
 XENSTORE_URI = "unix:/run/xenstored/socket"   # both daemons, as Debian's init script starts them
+GUEST_ATTEMPTS = 2  # a domU that dies (not a scenario that fails) gets one more
 SLACK = 15.0        # emulation is slow: allowed lateness on every guest-side deadline
 ACK_LIMIT = 5.0     # the agent deletes C/action within 1 s; allow for TCG
 SNAPSHOT_BUDGET = 20.0  # snapwatchd allows VM.snapshot 10 s (F8); doubled for emulation
@@ -305,7 +306,8 @@ def report(verdict, name, detail):
     print("E2E-RESULT %s %s: %s" % (verdict, name, " ".join(str(detail).split())), flush=True)
 
 
-def run_scenario(bed, name, label):
+def run_scenario(bed, name):
+    """(verdict, detail) of one scenario."""
     started = time.monotonic()
     try:
         detail = SCENARIOS[name](bed)
@@ -316,35 +318,73 @@ def run_scenario(bed, name, label):
         verdict, detail = "FAIL", exc
     except Exception as exc:
         verdict, detail = "FAIL", "%s: %s" % (type(exc).__name__, exc)
-    report(verdict, name + label, "%s (%.0f s)" % (detail, time.monotonic() - started))
+    return verdict, "%s (%.0f s)" % (detail, time.monotonic() - started)
 
 
-def run_guest(kind, disks, wanted):
-    label = "[%s/%s]" % (XENSTORED, kind)
+def guest_attempt(kind, disks, wanted):
+    """Boot a domU and run `wanted` on it: ([(verdict, name, detail)], died) where died
+    names the step during which the domU itself died (crash, triple fault), else None."""
+    results = []
     try:
         guest = Guest(kind, disks, AGENT, log).__enter__()
     except Exception as exc:
-        for name in wanted + ["lvm"]:
-            report("FAIL", name + label, "domU did not boot: %s" % exc)
-        return
+        return [("FAIL", name, "domU did not boot: %s" % exc) for name in wanted + ["lvm"]], None
+    step = "set-up"
     try:
         if AGENT != "none":  # first: its start-up (tens of seconds) overlaps the set-up
             log("agent started: %s" % guest.cmd("agent-start", "%g" % MAX_FROZEN[kind]))
         setup = guest.cmd("setup")
         log("%s setup: %s" % (guest.name, setup))
-        report("PASS" if setup.get("lvm_ok") else "SKIP", "lvm" + label,
-               "LVM VG spanning two VBDs: %s" % setup.get("lvm"))
+        results.append(("PASS" if setup.get("lvm_ok") else "SKIP", "lvm",
+                        "LVM VG spanning two VBDs: %s" % setup.get("lvm")))
         guest.cmd("workload-start")
         # A snapshot proves something only once every writer has committed.
         if not xscli.wait(lambda: min(guest.progress().values()) > 0, 180, 1.0):
             raise GuestError("writers have not committed within 180 s: %s" % guest.progress())
         bed = Bed(guest, disks, setup, MAX_FROZEN[kind])
-        for name in wanted:
-            run_scenario(bed, name, label)
+        for step in wanted:
+            verdict, detail = run_scenario(bed, step)
+            if verdict == "FAIL" and not guest.alive():
+                return results, step
+            results.append((verdict, step, detail))
     except Exception as exc:
-        report("FAIL", "guest" + label, "%s: %s" % (type(exc).__name__, exc))
+        if not guest.alive():
+            return results, step
+        results.append(("FAIL", "guest", "%s: %s" % (type(exc).__name__, exc)))
     finally:
         guest.__exit__(None, None, None)
+    return results, None
+
+
+def run_guest(kind, disks, wanted):
+    """Every scenario of one guest type, one line each.
+
+    If the domU itself dies (under TCG an emulated PVH domU was seen to triple-fault in
+    the middle of a request), the scenarios from the one it died in run again on a new
+    domU, once, and their lines say so; a second death fails them."""
+    label = "[%s/%s]" % (XENSTORED, kind)
+    results, todo, note = [], list(wanted), ""
+    for attempt in range(1, GUEST_ATTEMPTS + 1):
+        done, died = guest_attempt(kind, disks, todo)
+        seen = {r[1] for r in results}
+        results += [(verdict, name, detail + note) for verdict, name, detail in done
+                    if name not in seen]
+        if died is None:
+            break
+        if attempt == GUEST_ATTEMPTS:
+            results += [("FAIL", name, "the domU died during %s on every attempt (see the "
+                         "serial log)" % died) for name in todo if name not in
+                        {r[1] for r in done}]
+            break
+        log("%s: the domU died during %s; running %s again on a new domU"
+            % (kind, died, ", ".join(name for name in todo if name not in
+                                     {r[1] for r in done})))
+        todo = [name for name in todo if name not in {r[1] for r in done}]
+        note = " [on a second domU: the first died during %s, see the serial log]" % died
+    if "lvm" not in {r[1] for r in results}:
+        results.append(("FAIL", "lvm", "no set-up result"))
+    for verdict, name, detail in results:
+        report(verdict, name + label, detail)
 
 
 def main():
