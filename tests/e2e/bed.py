@@ -42,6 +42,7 @@ BOOTS = {
 }
 # Under emulation every mitigation and self-test costs seconds; this is a test bed.
 FAST_LINUX = "mitigations=off cryptomgr.notests random.trust_cpu=on"
+SHARED = ("xscli.py", "shell.py")  # the bed's modules both dom0 and the domU import
 RESULT = re.compile(r"E2E-RESULT (PASS|FAIL|SKIP) (\S+): (.*)")
 # dom0 says "up" about 20 s after QEMU starts. Under TCG its kernel now and then hangs early
 # in boot (seen: right after Xen's "PCI add device" lines), before any code of ours runs:
@@ -122,7 +123,8 @@ def domu_root(imgs, mode, deb):
         if mode == "src":
             copy_tree(SRC, merged / "e2e/src/xe_quiesce")
         shutil.copy(str(HERE / "guest/init"), str(merged / "init"))
-        shutil.copy(str(HERE / "xscli.py"), str(merged / "e2e"))
+        for module in SHARED:
+            shutil.copy(str(HERE / module), str(merged / "e2e"))
         copy_tree(HERE / "guest", merged / "e2e/guest")
         image = RUN / "domu-root.img"
         run_quiet(["mke2fs", "-q", "-t", "ext4", "-O", "^has_journal", "-L", "e2e-domu-root",
@@ -143,7 +145,8 @@ def assemble(imgs, mode, deb):
     (dom0 / "e2e").mkdir(parents=True)
     (dom0 / "boot").mkdir()
     shutil.copy(str(HERE / "dom0/init"), str(dom0 / "init"))
-    shutil.copy(str(HERE / "xscli.py"), str(dom0 / "e2e"))
+    for module in SHARED:
+        shutil.copy(str(HERE / module), str(dom0 / "e2e"))
     copy_tree(HERE / "dom0", dom0 / "e2e/dom0")
     copy_tree(HERE / "guest", dom0 / "e2e/guest")
     if SRC.exists():

@@ -16,14 +16,9 @@ import uuid
 
 sys.path.insert(0, "/e2e/guest")
 import workload  # noqa: E402
+from shell import run  # noqa: E402
 
 VG, LV = "e2evg", "data"
-
-
-def run(*cmd, **kw):
-    proc = subprocess.run(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          universal_newlines=True, **kw)
-    return proc.returncode, proc.stdout.strip()
 
 
 def take(disks, vdis, folder):

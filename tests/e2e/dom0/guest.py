@@ -16,7 +16,9 @@ import subprocess
 import time
 import uuid
 
+import shell
 import xscli
+from shell import run
 
 SRV = "/srv/e2e"
 BLOCK_SCRIPT = "/e2e/dom0/block-e2e"
@@ -39,17 +41,8 @@ class GuestError(Exception):
     pass
 
 
-def run(*cmd, **kw):
-    proc = subprocess.run(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          universal_newlines=True, **kw)
-    return proc.returncode, proc.stdout.strip()
-
-
 def must(*cmd):
-    code, text = run(*cmd)
-    if code:
-        raise GuestError("%s: exit %d: %s" % (" ".join(cmd), code, text[-400:]))
-    return text
+    return shell.must(*cmd, error=GuestError)
 
 
 class Disk(object):

@@ -22,6 +22,7 @@ import time
 
 sys.path.insert(0, "/e2e")
 import xscli  # noqa: E402
+from shell import must, run  # noqa: E402
 
 DISKS = {"ext4": ("/dev/xvdb", "/mnt/ext4"), "xfs": ("/dev/xvdc", "/mnt/xfs")}
 LVM_PVS = ("/dev/xvdd", "/dev/xvde")
@@ -35,21 +36,8 @@ AGENT_PIDFILE = "/run/xe-quiesce/xe-quiesce.pid"  # the package's init script wr
 PR_SET_CHILD_SUBREAPER = 36
 
 
-def sh(*cmd):
-    proc = subprocess.run(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          universal_newlines=True)
-    return proc.returncode, proc.stdout.strip()
-
-
-def must(*cmd):
-    code, text = sh(*cmd)
-    if code:
-        raise RuntimeError("%s: exit %d: %s" % (" ".join(cmd), code, text[-300:]))
-    return text
-
-
 def lvm(*args):
-    return sh(args[0], "--config", LVM_CONFIG, *args[1:])
+    return run(args[0], "--config", LVM_CONFIG, *args[1:])
 
 
 def alive(pid):
@@ -99,7 +87,7 @@ class Harness(object):
             must("mount", dev, mnt)
             self.mounts[name] = mnt
         result = {"mounts": dict(self.mounts)}
-        code, text = sh("modprobe", "dm-mod")
+        code, text = run("modprobe", "dm-mod")
         result["dm_mod"] = code == 0
         if code:
             result["lvm"] = "dm-mod does not load: " + text[-200:]
@@ -158,7 +146,7 @@ class Harness(object):
     def op_thaw(self):
         errors = {}
         for name in sorted(self.mounts):
-            code, text = sh("fsfreeze", "-u", self.mounts[name])
+            code, text = run("fsfreeze", "-u", self.mounts[name])
             if code:
                 errors[name] = text
         return {"errors": errors}
@@ -170,10 +158,10 @@ class Harness(object):
             proc.wait()
         self.op_agent_stop()
         for name in sorted(self.mounts, reverse=True):
-            sh("umount", self.mounts[name])
+            run("umount", self.mounts[name])
         if "lvm" in self.mounts:
             lvm("vgchange", "-an", LVM_VG)
-        sh("sync")
+        run("sync")
         return {"bye": True}
 
     # -- the agent ----------------------------------------------------------------------------
@@ -194,7 +182,7 @@ class Harness(object):
             with open(AGENT_CONFIG, "w") as handle:
                 handle.write("[freeze]\nmax-frozen = %s\n" % max_frozen)
         if self.agent_mode == "deb":
-            code, text = sh("/etc/init.d/xe-quiesce", "start")
+            code, text = run("/etc/init.d/xe-quiesce", "start")
             if code:
                 raise RuntimeError("init script: exit %d: %s" % (code, text))
         elif self.agent_mode == "src":
@@ -209,7 +197,7 @@ class Harness(object):
 
     def op_agent_stop(self):
         if self.agent_mode == "deb":
-            return {"rc": sh("/etc/init.d/xe-quiesce", "stop")[0]}
+            return {"rc": run("/etc/init.d/xe-quiesce", "stop")[0]}
         pid = self.agent_pid()
         if pid:
             os.kill(pid, signal.SIGTERM)
@@ -239,11 +227,11 @@ class Harness(object):
         goes nowhere)."""
         found = {"processes": agent_processes()}
         if self.agent_mode == "deb":
-            found["init-status"] = sh("/etc/init.d/xe-quiesce", "status")[1]
+            found["init-status"] = run("/etc/init.d/xe-quiesce", "status")[1]
         if not found["processes"]:
             exe = ["xe-quiesce"] if self.agent_mode == "deb" else [
                 sys.executable, "-m", "xe_quiesce.cli"]
-            found["foreground"] = sh("timeout", "60", *(exe + ["run", "--config",
+            found["foreground"] = run("timeout", "60", *(exe + ["run", "--config",
                                                                 AGENT_CONFIG]))[1][-1500:]
         return found
 
