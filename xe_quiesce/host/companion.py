@@ -19,7 +19,7 @@ import time
 
 from ..xenstore import XenstoreClient, XenstoreNotFound
 from . import xapi_role, xenopsd
-from .snapwatchd_role import FAILED, SNAPSHOT_TIMEOUT, SnapshotResult, Snapwatchd
+from .snapwatchd_role import SNAPSHOT_TIMEOUT, SnapshotResult, Snapwatchd
 from .xenapi_ops import (
     INVENTORY,
     XAPI_URL_ENV,
@@ -198,10 +198,11 @@ def quiesced_snapshot(api, settings, ref, record, name, timeout, snapshot_timeou
         vss = xenopsd.ensure_vss(client, home, domid, vm_uuid)
         client.rm(vss + "/status")  # a leftover request must not be answered now
         stop = threading.Event()
-        roles = []
+        # snapwatchd on its own xenstore connection, as the real daemon had.
+        snapwatchd = Snapwatchd(XenstoreClient(settings.xenstore), vss, home, vm_disks, taker,
+                                snapshot_timeout=snapshot_timeout)
         server = threading.Thread(target=_serve, name="snapwatchd", daemon=True,
-                                  args=(settings, vss, home, vm_disks, taker,
-                                        snapshot_timeout, stop, roles))
+                                  args=(snapwatchd, stop))
         server.start()
         try:
             answer = xapi_role.snapshot_with_quiesce(
@@ -213,7 +214,7 @@ def quiesced_snapshot(api, settings, ref, record, name, timeout, snapshot_timeou
             stop.set()
             server.join(5.0)
     if answer is None:
-        host_error = taker.error or _snapwatchd_failure(roles)
+        host_error = taker.error or snapwatchd.failed_because
         raise GuestCannotQuiesce(_with_cleanup(
             explain(failure, settings.ack_timeout, timeout, host_error), taker.discard()))
     try:
@@ -232,30 +233,16 @@ def guest_home(client, domid, vm_uuid):
     return home
 
 
-def _serve(settings, vss, home, vm_disks, taker, snapshot_timeout, stop, roles):
-    """snapwatchd's thread, on its own xenstore connection as the real daemon had; the
-    role is appended to `roles` so that its outcomes can be read afterwards.
+def _serve(snapwatchd, stop):
+    """snapwatchd's thread: it connects its client and answers until `stop` is set.
 
     If it dies, the guest thaws at its own deadline and XAPI's side reports that.
     """
     try:
-        with XenstoreClient(settings.xenstore) as client:
-            role = Snapwatchd(client, vss, home, vm_disks, taker,
-                              snapshot_timeout=snapshot_timeout)
-            roles.append(role)
-            role.serve(stop.is_set)
+        with snapwatchd.client:
+            snapwatchd.serve(stop.is_set)
     except Exception:  # logged; the conversation's error is what the admin gets
-        LOG.exception("snapwatchd role for %s failed", vss)
-
-
-def _snapwatchd_failure(roles):
-    """Why snapwatchd answered snapshots-failed when VM.snapshot itself did not fail
-    (it was still running at the end of its budget), or None."""
-    for role in roles:
-        for outcome in role.outcomes:
-            if outcome and outcome.startswith(FAILED + ": "):
-                return outcome[len(FAILED) + 2:]
-    return None
+        LOG.exception("snapwatchd role for %s failed", snapwatchd.vss)
 
 
 def explain(error, ack_timeout, timeout, host_error):

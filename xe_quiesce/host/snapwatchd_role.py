@@ -56,6 +56,7 @@ class Snapwatchd(object):
         self.failure = failure
         self.clock = clock
         self.outcomes = []
+        self.failed_because = None  # why the last request was answered snapshots-failed
 
     def serve_once(self, timeout, stop=None):
         """Wait up to `timeout` s for one request and answer it; returns the outcome."""
@@ -85,6 +86,8 @@ class Snapwatchd(object):
     def _status(self, value, why=""):
         if why:
             LOG.warning("snapwatchd for %s: %s", self.vm_uuid, why)
+        if value == FAILED:
+            self.failed_because = why
         self.client.write(self.vss + "/status", value)
         return value if not why else "{}: {}".format(value, why)
 
