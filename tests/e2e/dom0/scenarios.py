@@ -369,17 +369,15 @@ def run_guest(kind, disks, wanted):
         seen = {r[1] for r in results}
         results += [(verdict, name, detail + note) for verdict, name, detail in done
                     if name not in seen]
+        todo = [name for name in todo if name not in {r[1] for r in done}]
         if died is None:
             break
         if attempt == GUEST_ATTEMPTS:
             results += [("FAIL", name, "the domU died during %s on every attempt (see the "
-                         "serial log)" % died) for name in todo if name not in
-                        {r[1] for r in done}]
+                         "serial log)" % died) for name in todo]
             break
         log("%s: the domU died during %s; running %s again on a new domU"
-            % (kind, died, ", ".join(name for name in todo if name not in
-                                     {r[1] for r in done})))
-        todo = [name for name in todo if name not in {r[1] for r in done}]
+            % (kind, died, ", ".join(todo)))
         note = " [on a second domU: the first died during %s, see the serial log]" % died
     if "lvm" not in {r[1] for r in results}:
         results.append(("FAIL", "lvm", "no set-up result"))
