@@ -235,8 +235,12 @@ def boot_once(name, imgs, initrd, disk, mode):
         serial.unlink()
     cmd = qemu_command(imgs, initrd, disk, serial, xenstored, plan, mode)
     started = time.monotonic()
-    qemu = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    # QEMU's own messages go to a file: a pipe nobody reads during the run could fill
+    # and stop QEMU, which would look like a hung guest.
+    stderr = RUN / ("qemu-%s.log" % name)
+    with open(str(stderr), "wb") as handle:
+        qemu = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=handle)
     results, seen, done, up = [], 0, False, False
     try:
         while True:
@@ -266,7 +270,7 @@ def boot_once(name, imgs, initrd, disk, mode):
         qemu.wait()
     if not done and not any(r[1].startswith("boot[") for r in results):
         fail(results, "boot[%s]" % name, "QEMU ended (rc %s) before dom0 finished: %s"
-             % (qemu.returncode, qemu.stderr.read().decode(errors="replace")[-300:]))
+             % (qemu.returncode, stderr.read_text(errors="replace")[-300:]))
     results += missing_results(name, results)
     log("boot %s: %.0f s" % (name, time.monotonic() - started))
     return results, serial, False
