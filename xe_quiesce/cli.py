@@ -132,10 +132,10 @@ def _on_frozen_file(stream, mount_points):
     read: it does not wait for the thaw)."""
     try:
         info = os.fstat(stream.fileno())
-    except (AttributeError, OSError, ValueError):
+        return stat.S_ISREG(info.st_mode) and any(
+            os.stat(point).st_dev == info.st_dev for point in mount_points)
+    except (AttributeError, OSError, ValueError):  # the freeze has happened: never fail it
         return False
-    return stat.S_ISREG(info.st_mode) and any(
-        os.stat(point).st_dev == info.st_dev for point in mount_points)
 
 
 def _print_frozen(summary):
