@@ -14,7 +14,7 @@ SYSCALLS = {0: "read", 7: "poll", 23: "select", 43: "accept", 202: "futex", 232:
             45: "recvfrom", 47: "recvmsg", 35: "nanosleep", 230: "clock_nanosleep"}
 
 
-def _threads(pid):
+def thread_states(pid):
     """tid -> voluntary, involuntary switches and the blocking syscall (with args)."""
     result = {}
     for thread in psutil.Process(pid).threads():
@@ -43,7 +43,20 @@ def _snapshot(pid):
         memory = process.memory_full_info()
         return {"at": time.monotonic(), "cpu": cpu.user + cpu.system,
                 "rss": memory.rss, "pss": getattr(memory, "pss", None),
-                "uss": getattr(memory, "uss", None), "threads": _threads(pid)}
+                "uss": getattr(memory, "uss", None), "threads": thread_states(pid)}
+
+
+def waits_with_timeout(syscall, args):
+    """Whether a thread blocked in `syscall` (its /proc arguments) has a timeout that will
+    wake it: select/pselect6 and ppoll take a timeout pointer (NULL: none), poll a number
+    of milliseconds (-1: none)."""
+    if syscall in ("select", "pselect6"):
+        return args[4:5] != ["0x0"]
+    if syscall == "ppoll":
+        return args[2:3] != ["0x0"]
+    if syscall == "poll":
+        return len(args) >= 3 and int(args[2], 16) & 0xffffffff != 0xffffffff
+    return False
 
 
 def _describe(syscall, args):
@@ -52,9 +65,7 @@ def _describe(syscall, args):
         timeout = int(args[2], 16)
         return "poll, timeout {}".format("none" if timeout >= 0x7fffffff
                                          else "{} ms".format(timeout))
-    if syscall in ("select", "pselect6"):
-        return syscall + " (with a timeout)" if args[4:5] != ["0x0"] else syscall
-    return syscall
+    return syscall + " (with a timeout)" if waits_with_timeout(syscall, args) else syscall
 
 
 def measure(rigs, seconds):

@@ -19,6 +19,7 @@ import uuid
 
 import pytest
 
+from bench.idle import thread_states, waits_with_timeout
 from tests.dom0sim import Dom0Sim
 from tests.guestd import GuestDaemon
 from tests.loopfs import is_frozen
@@ -226,46 +227,22 @@ def test_post_sync_is_served_while_frozen_with_the_log_on_a_frozen_filesystem(xo
     assert xo.frozen() == [False, False]
 
 
-def _blocking_calls(pid):
-    """tid -> (syscall number, its six arguments) and voluntary switches, per thread."""
-    threads = {}
-    for tid in os.listdir("/proc/{}/task".format(pid)):
-        with open("/proc/{}/task/{}/syscall".format(pid, tid)) as handle:
-            call = handle.read().split()
-        with open("/proc/{}/task/{}/status".format(pid, tid)) as handle:
-            switches = int(next(line.split()[1] for line in handle
-                                if line.startswith("voluntary_ctxt_switches")))
-        threads[tid] = (call[:7], switches)
-    return threads
-
-
-def _waits_with_timeout(call):
-    """Whether a thread's blocking call (x86_64 numbers) has a timeout that wakes it."""
-    number, args = call[0], call[1:]
-    if number in ("23", "270"):  # select, pselect6: a timeout pointer, NULL for none
-        return int(args[4], 16) != 0
-    if number == "271":  # ppoll: a timeout pointer
-        return int(args[2], 16) != 0
-    if number == "7":  # poll: milliseconds, -1 for none
-        return int(args[2], 16) & 0xffffffff != 0xffffffff
-    return False
-
-
 def test_idle_daemon_has_no_timed_waits_and_stops_at_once(xo):
     """Idle, every thread of the daemon (xenstore loop, XO listener, control socket)
     blocks with no timeout; SIGTERM still ends it at once (a wake-up pipe)."""
     xo.start()
     pid = xo.daemon.process.pid
-    wait_until(lambda: all(call[0] != "running" for call, _ in
-                           _blocking_calls(pid).values()), 5, "the daemon settled")
-    before = _blocking_calls(pid)
+    wait_until(lambda: all(thread["syscall"] != "running" for thread in
+                           thread_states(pid).values()), 5, "the daemon settled")
+    before = thread_states(pid)
     time.sleep(3)
-    after = _blocking_calls(pid)
+    after = thread_states(pid)
     assert len(before) == 3, before  # main, XO listener, control socket
-    for tid, (call, switches) in after.items():
-        assert not _waits_with_timeout(call), "thread {} waits with a timeout: {}".format(
-            tid, call)
-        assert switches == before[tid][1], "thread {} woke up while idle".format(tid)
+    for tid, thread in after.items():
+        assert not waits_with_timeout(thread["syscall"], thread["args"]), \
+            "thread {} waits with a timeout: {}".format(tid, thread)
+        assert thread["voluntary"] == before[tid]["voluntary"], \
+            "thread {} woke up while idle".format(tid)
     started = time.monotonic()
     assert xo.daemon.stop(timeout=10) == 0
     assert time.monotonic() - started < 2
