@@ -20,8 +20,8 @@ all: test
 
 apt: $(APT_STAMP)
 $(APT_STAMP): $(wildcard .ci/apt/*.txt)
-	apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PACKAGES) >/dev/null
+	apt-get update -qq -o DPkg::Lock::Timeout=900
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=900 --no-install-recommends $(APT_PACKAGES) >/dev/null
 	mkdir -p $(dir $@) && touch $@
 
 $(VENV)/stamp: setup.cfg setup.py

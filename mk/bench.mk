@@ -14,8 +14,8 @@ BENCH_APT_STAMP := /var/cache/xe-quiesce/bench/apt.stamp
 .PHONY: bench bench-quick
 
 $(BENCH_APT_STAMP): mk/bench.mk
-	apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	apt-get update -qq -o DPkg::Lock::Timeout=900
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=900 --no-install-recommends \
 		$(BENCH_APT) >/dev/null
 	mkdir -p $(dir $@) && touch $@
 
