@@ -10,7 +10,7 @@ import json
 import pytest
 
 from tests.test_hooks import Bed
-from tests.test_xo_and_control import XoRig
+from tests.test_xo_and_control import SECRET, XoRig
 from tests.xo.client import XoRun, run
 from xe_quiesce.xo_tag import TAG, advice, xo_address
 
@@ -45,22 +45,29 @@ def sent(events, path):
 
 
 def finished_session(xo, what):
-    return xo.daemon.wait_for(lambda: (xo.last() or {}).get("result") not in (None,)
-                              and xo.last(), what, timeout=WAIT)
+    return xo.daemon.wait_for(lambda: xo.last(), what, timeout=WAIT)
+
+
+def snapshot_checking_frozen(xo, config, frozen):
+    """XO's snapshot (or checkpoint), its XAPI call held until the test has checked
+    whether the guest is frozen then; XO's events once it is done."""
+    call = dict(config.get("xapiCall", {}), waitStdin=True)
+    client = XoRun(dict(config, xapiCall=call))
+    try:
+        client.wait_for("xapi-call", WAIT)
+        assert xo.frozen() == [frozen, frozen], \
+            "frozen={} expected while XO's snapshot call runs".format(frozen)
+        client.release()
+        return client.finish(WAIT)
+    finally:
+        client.kill()
 
 
 @pytest.mark.parametrize("call", ["snapshot", "checkpoint"])
 def test_normal_cycle_frozen_during_xo_snapshot_call_thawed_after_post_sync(xo, call):
     xo.start()
-    client = XoRun({"call": call, "tags": [tag_for(xo)], "syncHookTimeout": WAIT * 1000,
-                    "xapiCall": {"waitStdin": True}})
-    try:
-        client.wait_for("xapi-call", WAIT)
-        assert xo.frozen() == [True, True], "XO's snapshot call runs on a frozen guest"
-        client.release()
-        events = client.finish(WAIT)
-    finally:
-        client.kill()
+    events = snapshot_checking_frozen(
+        xo, {"call": call, "tags": [tag_for(xo)], "syncHookTimeout": WAIT * 1000}, True)
     sync, = answered(events, "/sync")
     assert sync["status"] == 200 and sync["body"].startswith("frozen:")
     post, = answered(events, "/post-sync")
@@ -73,16 +80,10 @@ def test_freeze_hook_longer_than_xo_timeout_is_abandoned_and_never_freezes(xo, b
     bed.hook("10-db")
     bed.hook("20-slow", 'if [ "$1" = freeze ]; then sleep 60; fi\n')
     xo.start(max_frozen=90, hooks=bed.section(timeout=80))
-    config = {"tags": [tag_for(xo)], "syncHookTimeout": 2000,
-              "xapiCall": {"waitStdin": True}}
-    client = XoRun(config)
-    try:
-        client.wait_for("request-failed", WAIT, path="/sync")  # XO's timeout fired
-        client.wait_for("xapi-call", WAIT)
-        client.release()
-        events = client.finish(WAIT)
-    finally:
-        client.kill()
+    config = {"tags": [tag_for(xo)], "syncHookTimeout": 2000}
+    events = snapshot_checking_frozen(xo, config, False)
+    failed, = [event for event in events if event["event"] == "request-failed"]
+    assert failed["path"] == "/sync" and failed["name"] == "TimeoutError", failed
     last = finished_session(xo, "the abandoned session's record")
     assert last["result"] == "abandoned", last
     assert last["message"].startswith("Xen Orchestra stopped waiting after"), last
@@ -98,14 +99,7 @@ def test_freeze_hook_longer_than_xo_timeout_is_abandoned_and_never_freezes(xo, b
 
     # The next cycle, with hooks that keep within XO's timeout, works.
     (bed.dir / "20-slow").unlink()
-    client = XoRun(dict(config, syncHookTimeout=WAIT * 1000))
-    try:
-        client.wait_for("xapi-call", WAIT)
-        assert xo.frozen() == [True, True]
-        client.release()
-        events = client.finish(WAIT)
-    finally:
-        client.kill()
+    events = snapshot_checking_frozen(xo, dict(config, syncHookTimeout=WAIT * 1000), True)
     assert answered(events, "/sync")[0]["status"] == 200
     assert answered(events, "/post-sync")[0]["status"] == 200
     assert xo.frozen() == [False, False]
@@ -126,15 +120,8 @@ def test_sync_timeout_gives_up_before_freezing_with_503(xo, bed):
 
 def test_xo_snapshot_call_failing_sends_no_post_sync_and_the_deadline_thaws(xo):
     xo.start(max_frozen=3)
-    client = XoRun({"tags": [tag_for(xo)], "syncHookTimeout": WAIT * 1000,
-                    "xapiCall": {"waitStdin": True, "fail": "SR_BACKEND_FAILURE"}})
-    try:
-        client.wait_for("xapi-call", WAIT)
-        assert xo.frozen() == [True, True]
-        client.release()
-        events = client.finish(WAIT)
-    finally:
-        client.kill()
+    events = snapshot_checking_frozen(xo, {"tags": [tag_for(xo)], "syncHookTimeout": WAIT * 1000,
+                                           "xapiCall": {"fail": "SR_BACKEND_FAILURE"}}, True)
     assert events[-1]["ok"] is False and events[-1]["error"] == "SR_BACKEND_FAILURE"
     assert sent(events, "/post-sync") == [], "XO sends no /post-sync after a failed snapshot"
     xo.daemon.wait_for(lambda: xo.frozen() == [False, False], "the deadline thaw", WAIT)
@@ -145,7 +132,6 @@ def test_xo_sends_no_authorization_whatever_its_sync_hook_secret(xo):
     """With syncHookSecret set in XO, no header arrives: a guest that requires the
     secret refuses real XO (403) and XO snapshots crash-consistent."""
     xo.start(allow_from="", secret=True)
-    from tests.test_xo_and_control import SECRET
     events = run({"tags": [tag_for(xo)], "syncHookSecret": SECRET.decode(),
                   "syncHookTimeout": WAIT * 1000}, WAIT)
     assert sent(events, "/sync")[0]["headers"] == {}
@@ -222,15 +208,8 @@ def test_ipv6_only_guest_works_with_the_advised_tag_and_status_prints_it(xo):
     assert "only IPv6" in status["tag_why"]
     text = xo.cli("status").stdout
     assert "Xen Orchestra tag for this VM: {}".format(status["tag"]) in text
-    client = XoRun({"tags": [status["tag"]], "networks": {"0/ipv6/0": "::1"},
-                    "syncHookTimeout": WAIT * 1000, "xapiCall": {"waitStdin": True}})
-    try:
-        client.wait_for("xapi-call", WAIT)
-        assert xo.frozen() == [True, True]
-        client.release()
-        events = client.finish(WAIT)
-    finally:
-        client.kill()
+    events = snapshot_checking_frozen(xo, {"tags": [status["tag"]], "networks": {"0/ipv6/0": "::1"},
+                                           "syncHookTimeout": WAIT * 1000}, True)
     assert answered(events, "/post-sync")[0]["status"] == 200
     assert xo.frozen() == [False, False]
 
