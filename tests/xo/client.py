@@ -166,7 +166,10 @@ def run(config, timeout):
 
 if __name__ == "__main__":
     if sys.argv[1:] == ["install"]:
-        print(install())
+        try:
+            print(install())
+        except (RuntimeError, OSError, subprocess.CalledProcessError) as error:
+            sys.exit("installing XO's client package failed: {}".format(error))
     elif sys.argv[1:2] == ["run"]:
         for item in run(json.loads(sys.argv[2]), timeout=float(sys.argv[3:4] and sys.argv[3]
                                                                 or 120)):
