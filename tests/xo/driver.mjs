@@ -20,6 +20,9 @@
 //                    {"fail": "CODE"} throws an XAPI-like error with that code,
 //                    {"waitStdin": true} waits for a line on stdin before answering
 //                    (the test inspects the guest while XO's snapshot call runs)
+//   offline          true: record each request XO's code makes, then fail it as a
+//                    refused connection would, without sending it (for tests of the URL
+//                    XO builds, which must not reach whatever listens there)
 //
 // Prints one JSON object per line on stdout: {"event", "t" (s since start, monotonic),
 // "wall" (Unix time, s), ...}. Events: start; request-sent {path, url, headers};
@@ -47,6 +50,9 @@ globalThis.fetch = function (url, options = {}) {
   emit('request-sent', { path, url: String(url), headers: options.headers ?? {} })
   const request = (async () => {
     try {
+      if (config.offline) {
+        throw new TypeError('fetch failed', { cause: new Error('offline: not sent') })
+      }
       const response = await realFetch(url, options)
       // vm.mjs discards the body; a clone lets the test see the guest's reason.
       const body = await response.clone().text().catch(() => null)
