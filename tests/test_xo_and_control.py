@@ -53,9 +53,12 @@ class XoRig(object):
             self.snapshot_hold()
         return SnapshotResult(str(uuid.uuid4()), {vdi: str(uuid.uuid4()) for vdi in vdis})
 
-    def start(self, allow_from="127.0.0.1 ::1", secret=False, max_frozen=10, log_path=None):
+    def start(self, allow_from="127.0.0.1 ::1", secret=False, max_frozen=10, log_path=None,
+              sync_timeout=None, hooks=""):
         lines = ["[xo-sync-hook]", "port = {}".format(self.port),
                  "tls-dir = {}".format(self.tmp_path / "tls")]
+        if sync_timeout:
+            lines.append("sync-timeout = {}".format(sync_timeout))
         if allow_from:
             lines.append("allow-from = " + allow_from)
         if secret:
@@ -64,7 +67,7 @@ class XoRig(object):
             os.chmod(str(path), 0o600)
             lines.append("secret-file = {}".format(path))
         self.config = self.write_config(self.mounts, max_frozen=max_frozen,
-                                        extra="\n".join(lines))
+                                        extra="\n".join(lines) + "\n" + hooks)
         notify_path = str(self.tmp_path / "notify.sock")
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         listener.bind(notify_path)
@@ -100,6 +103,13 @@ class XoRig(object):
 
     def frozen(self):
         return [is_frozen(point) for point in self.mounts]
+
+    def last(self, trigger="xo"):
+        """The last finished session of `trigger` as `status --json` shows it, or None."""
+        return json.loads(self.cli("status", "--json").stdout)["last"].get(trigger)
+
+    def status(self):
+        return json.loads(self.cli("status", "--json").stdout)
 
     def stop(self):
         if self.daemon:
@@ -162,7 +172,7 @@ def test_refusals_freeze_nothing(xo):
 def test_other_paths_methods_and_a_second_sync(xo):
     xo.start()
     assert xo.get("/")[0] == 404
-    assert xo.get("/sync", method="POST")[0] == 404
+    assert xo.get("/sync", method="POST")[0] == 405
     assert xo.get("/snapshot")[0] == 404
     assert xo.frozen() == [False, False]
     assert xo.get("/sync")[0] == 200

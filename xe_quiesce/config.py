@@ -88,6 +88,7 @@ SCHEMA = {
         "cert-file": (_text, ""),
         "key-file": (_text, ""),
         "tls-dir": (_text, "/etc/xe-quiesce/tls"),
+        "sync-timeout": (_seconds, 60.0),
     },
     "state": {
         "run-dir": (_text, "/run/xe-quiesce"),

@@ -7,6 +7,9 @@ error naming that trigger.
 """
 import logging
 import os
+import socket
+
+import psutil
 
 from . import __version__, logbuffer
 from .control import ControlServer
@@ -16,7 +19,9 @@ from .guest_agent import GuestAgent
 from .hooks import HookSet
 from .journal import Journal
 from .session import busy_message, thaw_from_journal
+from .xenstore import XenstoreClient, XenstoreError
 from .xo_hook import SyncHook
+from .xo_tag import advice, networks_from_xenstore
 
 log = logging.getLogger(__name__)
 CLI = "cli"
@@ -71,6 +76,21 @@ class Daemon(object):
             raise BusyError(busy_message(active) + "; the host's snapshot is waiting on it")
         return thaw_from_journal(self.journal, HookSet.load(self.config))
 
+    def xo_tag(self):
+        """(tag, why) for XO to reach the hook, from the addresses the guest tools report
+        in xenstore (read on a connection of its own: the agent's is its loop's)."""
+        networks, note = {}, ""
+        if self.agent.domain_path:
+            try:
+                with XenstoreClient(self.agent.client.uri, timeout=2.0) as client:
+                    networks = networks_from_xenstore(client, self.agent.domain_path)
+            except (XenstoreError, OSError) as error:
+                note = "; the guest tools' addresses could not be read: {}".format(error)
+        own = [entry.address for entries in psutil.net_if_addrs().values()
+               for entry in entries if entry.family in (socket.AF_INET, socket.AF_INET6)]
+        tag, why = advice(networks, self.config.xo.port, self.config.xo.address, own)
+        return tag, why + note
+
     def status(self, _request):
         agent = self.agent
         held = self.coordinator.held_trigger()
@@ -92,6 +112,10 @@ class Daemon(object):
         if xo_on:
             lines.append("Xen Orchestra sync hook: on, port {}, certificate {}".format(
                 data["xo_sync_hook"]["port"], data["xo_sync_hook"]["fingerprint"]))
+            tag, why = self.xo_tag()
+            data["xo_sync_hook"].update(tag=tag, tag_why=why)
+            lines.append("Xen Orchestra tag for this VM: {}".format(tag))
+            lines.append("  ({})".format(why))
         else:
             lines.append("Xen Orchestra sync hook: off ({})".format(
                 data["xo_sync_hook"]["off_reason"]))

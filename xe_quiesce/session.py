@@ -15,8 +15,9 @@ import uuid
 
 from . import logbuffer, procs
 from .blockdev import BlockTopology
+from .cancel import AbandonedError
 from .discovery import discover
-from .errors import BusyError, FreezeError, QuiesceError
+from .errors import BusyError, FreezeError, HookError, QuiesceError
 from .freezer import FROZEN, THAWED, TOLERATED, UNSUPPORTED, Freezer
 from .fsops import FsOps
 from .guard import Guard, request_thaw
@@ -69,6 +70,7 @@ class QuiesceSession(object):
         self.guard = None
         self.hooks_ran = []
         self.gate = logbuffer.gate()
+        self.cancel = None  # a cancel.Cancel from a trigger whose asker may stop waiting
 
     @property
     def deadline(self):
@@ -95,7 +97,9 @@ class QuiesceSession(object):
             self.journal.write(self.state)
         try:
             self._run_freeze_hooks()
+            self._cancel_point()
             self._freeze()
+            self._cancel_point()  # asked while FIFREEZE ran: _fail thaws
             # Inside the try: a journal that cannot be written after the freeze must
             # thaw now, not leave the guest frozen until the guard's deadline.
             self.state["status"] = "frozen"
@@ -124,9 +128,29 @@ class QuiesceSession(object):
     def _run_freeze_hooks(self):
         if self.hooks is None:
             return
-        self.hooks_ran = self.hooks.freeze(self.hook_environment(), self.state["deadline"])
+        self.hooks_ran = self._freeze_hooks_or_abandon()
         self.state["hooks_run"] = list(self.hooks_ran)
         self.journal.write(self.state)
+
+    def _freeze_hooks_or_abandon(self):
+        """The hooks' freeze, stopped (and aborted) as soon as the session is cancelled."""
+        try:
+            return self.hooks.freeze(self.hook_environment(), self.state["deadline"],
+                                     cancelled=self._cancel_reason)
+        except HookError as error:
+            reason = self._cancel_reason()
+            if reason:
+                raise AbandonedError("{}; {}".format(reason, error))
+            raise
+
+    def _cancel_reason(self):
+        return self.cancel.reason() if self.cancel is not None else None
+
+    def _cancel_point(self):
+        """Give up here if the trigger's asker stopped waiting (see cancel.py)."""
+        reason = self._cancel_reason()
+        if reason:
+            raise AbandonedError(reason)
 
     def hook_environment(self):
         return hook_environment(self.session_id, self.trigger, self.state["deadline"],
@@ -162,7 +186,7 @@ class QuiesceSession(object):
         message = str(error) or error.__class__.__name__
         if problems:
             message += "; " + "; ".join(problems)
-        self.journal.finish(self.state, "failed", message)
+        self.journal.finish(self.state, getattr(error, "result", "failed"), message)
 
     def _release_guard(self):
         if self.guard is None:
