@@ -16,8 +16,7 @@ from . import __version__, control, logbuffer
 from .cli_hooks import hooks
 from .cli_options import config_option, json_option, run_main
 from .cli_run import run
-from .config import load_config
-from .errors import QuiesceError
+from .config import load_config, session_timeout
 
 # Seconds a control request may take beyond the work itself.
 CONTROL_MARGIN = 30.0
@@ -104,9 +103,7 @@ def freeze(config_file, as_json, timeout):
     otherwise this process freezes, leaves the guard holding the deadline, and exits.
     """
     config = load_config(config_file)
-    if timeout is not None and not 0 < timeout <= config.freeze.max_frozen:
-        raise QuiesceError("--timeout must be between 0 and [freeze] max-frozen ({:g} s)".format(
-            config.freeze.max_frozen))
+    timeout = session_timeout(timeout, config.freeze.max_frozen, "--timeout")
     try:
         summary = control.request(config.state.run_dir, "freeze",
                                   config.freeze.max_frozen + CONTROL_MARGIN, timeout=timeout)

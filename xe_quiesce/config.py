@@ -6,11 +6,13 @@ would leave the admin believing in a limit that is not there.
 """
 import configparser
 import ipaddress
+import math
+import numbers
 import os
 import shlex
 import types
 
-from .errors import ConfigError
+from .errors import ConfigError, QuiesceError
 
 DEFAULT_PATH = "/etc/xe-quiesce/xe-quiesce.conf"
 ENV_VAR = "XE_QUIESCE_CONFIG"
@@ -128,6 +130,21 @@ class Config(object):
     def hook_timeout(self, name):
         """The timeout of one hook: its own [hook:NAME] value, else [hooks] timeout."""
         return self.hook_overrides.get(name, {}).get("timeout", self.hooks.timeout)
+
+
+def session_timeout(value, max_frozen, name="timeout"):
+    """A requested freeze timeout, checked where every request is served (CLI option and
+    control socket alike): a finite number of seconds in (0, max-frozen]. None: the
+    default (max-frozen). JSON admits 1e999 (infinity) and NaN, so both are refused here.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise QuiesceError("{} must be a number of seconds".format(name))
+    if not (math.isfinite(value) and 0 < value <= max_frozen):
+        raise QuiesceError("{} must be between 0 and [freeze] max-frozen ({:g} s)".format(
+            name, max_frozen))
+    return float(value)
 
 
 def config_path(explicit=None, environ=None):

@@ -9,6 +9,7 @@ import logging
 import os
 
 from . import __version__, logbuffer
+from .config import session_timeout
 from .control import ControlServer
 from .coordinator import Coordinator
 from .errors import BusyError, QuiesceError
@@ -55,9 +56,7 @@ class Daemon(object):
             self.coordinator.shutdown()
 
     def cli_freeze(self, request):
-        timeout = request.get("timeout")
-        if timeout is not None and not isinstance(timeout, (int, float)):
-            raise QuiesceError("timeout must be a number of seconds")
+        timeout = session_timeout(request.get("timeout"), self.config.freeze.max_frozen)
         return self.coordinator.freeze(CLI, timeout)
 
     def cli_thaw(self, _request):
