@@ -5,7 +5,7 @@ not when the command line loads: `xe-quiesce thaw` starts inside the frozen wind
 """
 import click
 
-from .cli_options import config_option
+from .cli_options import config_option, require_root
 from .config import load_config
 from .errors import QuiesceError
 
@@ -27,6 +27,7 @@ def run(uri, domain_path, config_file):
     from .daemon import Daemon
     from .xenstore import XenstoreClient, XenstoreError
 
+    require_root()
     config = load_config(config_file)
     try:
         client = XenstoreClient(uri or config.xenstore.uri, timeout=config.xenstore.request_timeout)

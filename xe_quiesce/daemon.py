@@ -12,7 +12,7 @@ from . import __version__, logbuffer
 from .config import session_timeout
 from .control import ControlServer
 from .coordinator import Coordinator
-from .errors import BusyError, QuiesceError
+from .errors import BusyError, ConfigError, QuiesceError
 from .guest_agent import GuestAgent
 from .hooks import HookSet
 from .journal import Journal
@@ -46,6 +46,9 @@ class Daemon(object):
         try:
             try:
                 self.sync_hook.start()
+            except ConfigError as error:
+                self.sync_hook_error = str(self.config.located(error))
+                log.error("Xen Orchestra sync hook not started: %s", self.sync_hook_error)
             except QuiesceError as error:
                 self.sync_hook_error = str(error)
                 log.error("Xen Orchestra sync hook not started: %s", error)
