@@ -24,7 +24,9 @@ def run(uri, domain_path, config_file):
 
     A session left by a crashed daemon is reconciled at start.
     """
+    from .control import DaemonLock
     from .daemon import Daemon
+    from .journal import Journal
     from .xenstore import XenstoreClient, XenstoreError
 
     require_root()
@@ -33,4 +35,9 @@ def run(uri, domain_path, config_file):
         client = XenstoreClient(uri or config.xenstore.uri, timeout=config.xenstore.request_timeout)
     except XenstoreError as error:
         raise QuiesceError(str(error))
-    Daemon(config, client, domain_path or config.xenstore.domain_path or None).run()
+    Journal(config.state.run_dir).ensure_dir()
+    lock = DaemonLock(config.state.run_dir).acquire()  # before any socket or port
+    try:
+        Daemon(config, client, domain_path or config.xenstore.domain_path or None).run()
+    finally:
+        lock.release()

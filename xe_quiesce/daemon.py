@@ -46,17 +46,22 @@ class Daemon(object):
         try:
             try:
                 self.sync_hook.start()
-            except ConfigError as error:
-                self.sync_hook_error = str(self.config.located(error))
+            except (QuiesceError, OSError) as error:  # xenstore is served without XO
+                self.sync_hook_error = self._why_no_sync_hook(error)
                 log.error("Xen Orchestra sync hook not started: %s", self.sync_hook_error)
-            except QuiesceError as error:
-                self.sync_hook_error = str(error)
-                log.error("Xen Orchestra sync hook not started: %s", error)
             self.agent.run()
         finally:
             self.sync_hook.stop()
             self.control.stop()
             self.coordinator.shutdown()
+
+    def _why_no_sync_hook(self, error):
+        if isinstance(error, ConfigError):
+            return str(self.config.located(error))
+        if isinstance(error, OSError):  # the port is taken
+            return "cannot listen on port {}: {}".format(self.config.xo.port,
+                                                         error.strerror or error)
+        return str(error)
 
     def cli_freeze(self, request):
         timeout = session_timeout(request.get("timeout"), self.config.freeze.max_frozen)
