@@ -445,8 +445,8 @@ class Conversation(object):
         return commands + self._finish()
 
     def _finish(self):
-        commands = [Record(None)]
-        commands += [Rm(self.vss + "/" + key) for key in CLEANED] if self.vss else []
+        commands = [Rm(self.vss + "/" + key) for key in CLEANED] if self.vss else []
+        commands.append(Record(None))  # after V is clean: a restart before cleans it
         if self.stopping:
             self.state = STOPPED
             return commands + [Unadvertise(), Exit()]
