@@ -52,6 +52,13 @@ def refused(rig):
     return caught.value.params[1]
 
 
+def xapi(rig, outcome):
+    try:
+        rig.snapshot(status_timeout=20.0)
+    except XapiError as error:
+        outcome["error"] = error
+
+
 def test_hostile_values_are_clear_errors_and_nothing_is_frozen(rig):
     seed = int(os.environ.get("XE_QUIESCE_FUZZ_SEED", str(int(time.time()))))
     chance = random.Random(seed)
@@ -89,14 +96,7 @@ def test_hostile_values_are_clear_errors_and_nothing_is_frozen(rig):
     # garbage from "snapwatchd" while frozen: thawed, then the error
     for _ in range(STATUSES):
         outcome = {}
-
-        def xapi():
-            try:
-                rig.snapshot(status_timeout=20.0)
-            except XapiError as error:
-                outcome["error"] = error
-
-        caller = threading.Thread(target=xapi)
+        caller = threading.Thread(target=xapi, args=(rig, outcome))
         caller.start()
         wait_until(lambda: rig.client.read_or(rig.vss + "/status") == "create-snapshots",
                    10, "create-snapshots")
