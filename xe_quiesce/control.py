@@ -20,7 +20,7 @@ from .errors import BusyError, QuiesceError
 log = logging.getLogger(__name__)
 
 SOCKET_NAME = "control.sock"
-LOCK_NAME = "daemon.pid"
+LOCK_NAME = "daemon.lock"
 MAX_REQUEST = 65536
 REQUEST_READ_TIMEOUT = 5.0
 
@@ -30,7 +30,8 @@ def socket_path(run_dir):
 
 
 class DaemonLock(object):
-    """`<run-dir>/daemon.pid`, locked for the daemon's life: one daemon per guest.
+    """`<run-dir>/daemon.lock`, holding the daemon's pid, locked for its life: one
+    daemon per guest.
 
     A second `xe-quiesce run` would otherwise take over the control socket and the
     host's requests beside the first. A POSIX record lock (lockf), not flock: it is not
