@@ -73,7 +73,11 @@ class Crashes(object):
         caller = threading.Thread(target=xapi)
         caller.start()
         wait_until(lambda: faulty.process.poll() is not None or outcome, 20,
-                            "the crash at step {} or the answer".format(crash_at))
+                   "the crash at step {} or the answer".format(crash_at))
+        # Killed after the answer (cleaning V up): dead, or idle having passed the step.
+        wait_until(lambda: faulty.process.poll() is not None or
+                   rig.read("data/xe-quiesce/state") == "idle", 20,
+                   "the crash at step {} or idle".format(crash_at))
         if faulty.process.poll() == -signal.SIGKILL:
             figures.count("conversation: daemon SIGKILLs")
             self.check_thawed_by_deadline()
