@@ -1,5 +1,8 @@
-"""The fault suite's figures, printed after the test summary."""
+"""The fault suite's rigs (the xenstore and XO tests' own) and its figures, printed after
+the test summary."""
 from tests.fuzz.figures import lines
+from tests.test_guest_agent import rig  # noqa: F401 (a fixture)
+from tests.test_xo_and_control import xo  # noqa: F401 (a fixture)
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -1,8 +1,12 @@
 """What the fault suite reached (kills, requests answered, worst thaw delay...), kept
-by the tests and printed at the end of the run by tests/fuzz/conftest.py."""
+by the tests and printed at the end of the run by tests/fuzz/conftest.py; and the one
+random seed of the run (XE_QUIESCE_FUZZ_SEED replays it)."""
 import collections
+import os
+import time
 
-FIGURES = collections.OrderedDict()
+SEED = int(os.environ.get("XE_QUIESCE_FUZZ_SEED") or int(time.time()))
+FIGURES = collections.OrderedDict([("random seed (XE_QUIESCE_FUZZ_SEED)", SEED)])
 
 
 def count(name, by=1):

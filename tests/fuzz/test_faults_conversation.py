@@ -18,19 +18,11 @@ import pytest
 from tests import xstrace
 from tests.fuzz import figures
 from tests.guestd import GuestDaemon
-from tests.test_guest_agent import Rig
 from tests.waiting import wait_until
 from xe_quiesce.host.xapi_role import XapiError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MAX_FROZEN = 4
-
-
-@pytest.fixture
-def rig(xenstored, loopfs, write_config, xenbus_emulator, tmp_path):
-    made = Rig(xenstored, loopfs, write_config, xenbus_emulator, tmp_path)
-    yield made
-    made.stop()
 
 
 class Crashes(object):
