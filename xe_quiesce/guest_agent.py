@@ -284,7 +284,7 @@ class GuestAgent(object):
         """The request journal (tmpfs); without it the request is still served."""
         try:
             self.journal.write_request(request)
-        except OSError as error:
+        except (OSError, QuiesceError) as error:  # QuiesceError: the run dir is gone
             LOG.error("cannot journal the host's request (a crash now would leave it "
                       "unanswered): %s", error)
 
