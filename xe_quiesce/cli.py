@@ -14,9 +14,9 @@ import click
 
 from . import __version__, control, logbuffer
 from .cli_hooks import hooks
-from .cli_options import config_option, json_option, run_main
+from .cli_options import config_option, json_option, require_root, run_main
 from .cli_run import run
-from .config import load_config
+from .config import load_config, session_timeout
 from .errors import QuiesceError
 
 # Seconds a control request may take beyond the work itself.
@@ -63,6 +63,9 @@ def plan(config_file, as_json, root):
     """Show what a snapshot would freeze, in which order, and what is skipped and why."""
     from .session import make_plan
 
+    if not os.path.isfile(os.path.join(root, "proc/self/mountinfo")):
+        raise QuiesceError("--root {}: no proc/self/mountinfo under it (not a tree captured "
+                           "from a guest)".format(root))
     config = load_config(config_file)
     if root == "/":
         _journal(config)
@@ -103,10 +106,9 @@ def freeze(config_file, as_json, timeout):
     Through the running daemon when there is one, so that one owner ever freezes;
     otherwise this process freezes, leaves the guard holding the deadline, and exits.
     """
+    require_root()
     config = load_config(config_file)
-    if timeout is not None and not 0 < timeout <= config.freeze.max_frozen:
-        raise QuiesceError("--timeout must be between 0 and [freeze] max-frozen ({:g} s)".format(
-            config.freeze.max_frozen))
+    timeout = session_timeout(timeout, config.freeze.max_frozen, "--timeout")
     try:
         summary = control.request(config.state.run_dir, "freeze",
                                   config.freeze.max_frozen + CONTROL_MARGIN, timeout=timeout)
@@ -153,6 +155,7 @@ def _print_frozen(summary):
 @json_option
 def thaw(config_file, as_json):
     """Thaw what a session froze (idempotent: nothing frozen is not an error)."""
+    require_root()
     config = load_config(config_file)
     try:
         closed = control.request(config.state.run_dir, "thaw", CONTROL_MARGIN)
@@ -173,6 +176,7 @@ def thaw(config_file, as_json):
 @json_option
 def status(config_file, as_json):
     """Show the daemon, what is frozen now, the time left, and each trigger's last result."""
+    require_root()
     config = load_config(config_file)
     try:
         daemon = control.request(config.state.run_dir, "status", CONTROL_MARGIN)

@@ -5,7 +5,7 @@ not when the command line loads: `xe-quiesce thaw` starts inside the frozen wind
 """
 import click
 
-from .cli_options import config_option
+from .cli_options import config_option, require_root
 from .config import load_config
 from .errors import QuiesceError
 
@@ -24,12 +24,20 @@ def run(uri, domain_path, config_file):
 
     A session left by a crashed daemon is reconciled at start.
     """
+    from .control import DaemonLock
     from .daemon import Daemon
+    from .journal import Journal
     from .xenstore import XenstoreClient, XenstoreError
 
+    require_root()
     config = load_config(config_file)
     try:
         client = XenstoreClient(uri or config.xenstore.uri, timeout=config.xenstore.request_timeout)
     except XenstoreError as error:
         raise QuiesceError(str(error))
-    Daemon(config, client, domain_path or config.xenstore.domain_path or None).run()
+    Journal(config.state.run_dir).ensure_dir()
+    lock = DaemonLock(config.state.run_dir).acquire()  # before any socket or port
+    try:
+        Daemon(config, client, domain_path or config.xenstore.domain_path or None).run()
+    finally:
+        lock.release()

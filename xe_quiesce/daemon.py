@@ -12,9 +12,10 @@ import socket
 import psutil
 
 from . import __version__, logbuffer
+from .config import session_timeout
 from .control import ControlServer
 from .coordinator import Coordinator
-from .errors import BusyError, QuiesceError
+from .errors import BusyError, ConfigError, QuiesceError
 from .guest_agent import GuestAgent
 from .hooks import HookSet
 from .journal import Journal
@@ -50,19 +51,25 @@ class Daemon(object):
         try:
             try:
                 self.sync_hook.start()
-            except QuiesceError as error:
-                self.sync_hook_error = str(error)
-                log.error("Xen Orchestra sync hook not started: %s", error)
+            except (QuiesceError, OSError) as error:  # xenstore is served without XO
+                self.sync_hook_error = self._why_no_sync_hook(error)
+                log.error("Xen Orchestra sync hook not started: %s", self.sync_hook_error)
             self.agent.run()
         finally:
             self.sync_hook.stop()
             self.control.stop()
             self.coordinator.shutdown()
 
+    def _why_no_sync_hook(self, error):
+        if isinstance(error, ConfigError):
+            return str(self.config.located(error))
+        if isinstance(error, OSError):  # the port is taken
+            return "cannot listen on port {}: {}".format(self.config.xo.port,
+                                                         error.strerror or error)
+        return str(error)
+
     def cli_freeze(self, request):
-        timeout = request.get("timeout")
-        if timeout is not None and not isinstance(timeout, (int, float)):
-            raise QuiesceError("timeout must be a number of seconds")
+        timeout = session_timeout(request.get("timeout"), self.config.freeze.max_frozen)
         return self.coordinator.freeze(CLI, timeout)
 
     def cli_thaw(self, _request):

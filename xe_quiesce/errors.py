@@ -2,7 +2,9 @@
 
 
 class QuiesceError(Exception):
-    """An error the admin can act on; its message is printed as is."""
+    """An error the admin can act on; its message is printed as is, after `label`."""
+
+    label = "error: "
 
 
 class ConfigError(QuiesceError):
@@ -19,3 +21,12 @@ class BusyError(QuiesceError):
 
 class HookError(QuiesceError):
     """A hook was refused, failed or ran out of time; the hooks that ran are aborted."""
+
+
+class RootRequired(QuiesceError):
+    """The command freezes, thaws or reads the root-only run directory."""
+
+    label = ""
+
+    def __init__(self):
+        QuiesceError.__init__(self, "must be run as root")

@@ -17,7 +17,7 @@ from . import logbuffer, procs
 from .blockdev import BlockTopology
 from .cancel import AbandonedError
 from .discovery import discover
-from .errors import BusyError, FreezeError, HookError, QuiesceError
+from .errors import BusyError, ConfigError, FreezeError, HookError, QuiesceError
 from .freezer import FROZEN, THAWED, TOLERATED, UNSUPPORTED, Freezer
 from .fsops import FsOps
 from .guard import Guard, request_thaw
@@ -30,7 +30,10 @@ GUARD_EXIT_WAIT = 5.0
 
 def make_plan(config, root="/"):
     """Discover and order what a session of this configuration would freeze."""
-    discovery = discover(config.freeze, root=root)
+    try:
+        discovery = discover(config.freeze, root=root)
+    except ConfigError as error:  # "[freeze] mounts: /x is not a mount point"
+        raise config.located(error)
     return build_plan(discovery, BlockTopology(root=root))
 
 
