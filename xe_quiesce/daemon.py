@@ -4,6 +4,9 @@ Triggers: the xenstore conversation (its own loop, the main thread), Xen Orchest
 HTTPS sync hook, and the local control socket the CLI uses. They share the journal's
 one-session rule, so a request while another trigger's session is active gets a busy
 error naming that trigger.
+
+Start-up order: the deadline guard is spawned first, while this process has no other
+thread, then the triggers' threads start; every session arms that one guard.
 """
 import logging
 import os
@@ -12,10 +15,11 @@ from . import __version__, logbuffer
 from .control import ControlServer
 from .coordinator import Coordinator
 from .errors import BusyError, QuiesceError
+from .guard import GuardService
 from .guest_agent import GuestAgent
 from .hooks import HookSet
 from .journal import Journal
-from .session import busy_message, thaw_from_journal
+from .session import QuiesceSession, busy_message, thaw_from_journal
 from .xo_hook import SyncHook
 
 log = logging.getLogger(__name__)
@@ -26,16 +30,23 @@ class Daemon(object):
     def __init__(self, config, client, domain_path=None, environ=None):
         self.config = config
         self.journal = Journal(config.state.run_dir)
-        self.coordinator = Coordinator(config)
+        self.guards = GuardService()
+        self.coordinator = Coordinator(config, session_factory=self._session)
         self.sync_hook = SyncHook(config, self.coordinator)
-        self.agent = GuestAgent(config, client, domain_path, environ=environ)
+        self.agent = GuestAgent(config, client, domain_path, environ=environ,
+                                session_factory=lambda plan: self._session(
+                                    config, "xapi", plan=plan))
         self.control = ControlServer(config.state.run_dir, {
             "freeze": self.cli_freeze, "thaw": self.cli_thaw, "status": self.status})
         self.sync_hook_error = None
 
+    def _session(self, config, trigger, plan=None):
+        return QuiesceSession(config, trigger, plan=plan, guards=self.guards)
+
     def run(self):
         logbuffer.add_syslog_when_detached()
         self.journal.ensure_dir()
+        self.guards.start()
         closed = self.journal.reconcile()
         if closed:
             log.warning("earlier session %s (%s): %s", closed["session"], closed.get("trigger"),
@@ -53,6 +64,7 @@ class Daemon(object):
             self.sync_hook.stop()
             self.control.stop()
             self.coordinator.shutdown()
+            self.guards.stop()
 
     def cli_freeze(self, request):
         timeout = request.get("timeout")
