@@ -53,8 +53,9 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 FDS_PER_PACKET = 32  # 32 paths of PATH_MAX fit a default socket buffer
 MAX_PACKET = 1 << 18
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# -B -E -s: no .pyc (the root filesystem may be planned), no environment, no user site.
-_PROGRAM = [sys.executable, "-B", "-E", "-s", "-c",
+# -B -I -S: no .pyc (the root filesystem may be planned), no environment, no site: the
+# guard needs the standard library and this package only (its path is given).
+_PROGRAM = [sys.executable, "-B", "-I", "-S", "-c",
             "import sys; sys.path.insert(0, sys.argv[1]); "
             "from xe_quiesce.guard import main; main(int(sys.argv[2]))"]
 
