@@ -212,3 +212,71 @@ def test_without_a_service_the_session_guard_outlives_its_owner(loopfs, tmp_path
     wait_until(lambda: not is_frozen(fs.mount_point), 1 + 3, "the deadline thaw")
     assert report_of(report)["reason"] == "deadline"
     wait_until(lambda: not procs.alive(held.identity), 5, "the session guard's exit")
+
+
+def voluntary_switches(pid):
+    with open("/proc/{}/status".format(pid)) as handle:
+        for line in handle:
+            if line.startswith("voluntary_ctxt_switches:"):
+                return int(line.split()[1])
+
+
+def test_announcing_a_freeze_does_not_wake_the_guard(loopfs, service, tmp_path):
+    """The flags are shared memory: nothing of ours runs beside the FIFREEZE. (A count
+    of the guard's own wake-ups around the calls, not a timing.)"""
+    fs = loopfs("ext4")
+    ops = FsOps()
+    fd = ops.open(fs.mount_point)
+    report = str(tmp_path / "guard.json")
+    try:
+        held = service.arm([fd], [fs.mount_point], time.time() + 60, report, "quiet")
+        pid = service.identity[0]
+        wait_until(lambda: open("/proc/{}/wchan".format(pid)).read() not in ("", "0"), 5,
+                   "the guard back asleep after arming")
+        before = voluntary_switches(pid)
+        held.announce(0)
+        ops.freeze(fd)
+        held.retract(0)
+        held.announce(0)
+        assert voluntary_switches(pid) == before
+        assert guard.request_thaw(pid)
+        wait_until(lambda: not is_frozen(fs.mount_point), 5, "the requested thaw")
+        assert report_of(report)["thawed"] == [fs.mount_point], "the guard read the flag"
+        held.release(5)
+    finally:
+        ops.thaw(fd)
+        ops.close(fd)
+
+
+def test_a_retracted_filesystem_is_left_alone(loopfs, service, tmp_path):
+    """A filesystem someone else froze (our FIFREEZE said EBUSY) is not the guard's."""
+    fs = loopfs("ext4")
+    ops = FsOps()
+    fd = ops.open(fs.mount_point)
+    report = str(tmp_path / "guard.json")
+    ops.freeze(fd)  # someone else's freeze
+    try:
+        held = service.arm([fd], [fs.mount_point], time.time() + 0.2, report, "theirs")
+        held.announce(0)
+        held.retract(0)
+        wait_until(lambda: report_of(report), 5, "the deadline pass")
+        assert report_of(report)["thawed"] == [] and is_frozen(fs.mount_point)
+        held.release(5)
+    finally:
+        ops.thaw(fd)
+        ops.close(fd)
+
+
+def test_with_the_guard_gone_the_next_freeze_is_refused(service, tmp_path):
+    fd = os.open(str(tmp_path), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        held = service.arm([fd], [str(tmp_path)], time.time() + 60,
+                           str(tmp_path / "guard.json"), "gone")
+        pid = service.identity[0]
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: not procs.alive([pid, None]), 5, "the guard's death")
+        with pytest.raises(guard.FreezeError, match="guard is gone"):
+            held.announce(0)
+        held.release(5)
+    finally:
+        os.close(fd)

@@ -23,17 +23,21 @@ was stuck in the kernel and completes late is undone too. It writes only its rep
 the run directory (tmpfs, never a planned filesystem), and uses no logging.
 
 The guard's socket (SOCK_SEQPACKET, one message per packet): arming is one or more
-packets of JSON, the first with "session", "deadline" (epoch), "report", "count" and the
-session's own socket as its first fd, every packet with "points" and their fds. On the
-session's socket: the guard answers "armed"; the owner sends "A<i>" freezing fd i now,
-"R<i>" fd i is not ours after all (EOPNOTSUPP, tolerated EBUSY, error), "D" the owner
-exits on purpose and leaves the deadline to the guard (CLI freeze), "X" released (the
-guard closes the session's fds, then its end of the socket: the owner sees EOF). The
-guard exits once its own socket is closed and no session is left.
+packets of JSON, the first with "session", "deadline" (epoch), "report", "count" and, as
+its first two fds, the session's own socket and its flags, every packet with "points"
+and their fds. The flags are one byte per fd in a shared page (an unlinked file in the
+run directory, mapped by both): the owner sets byte i before it freezes fd i and clears
+it when fd i is not ours after all (EOPNOTSUPP, tolerated EBUSY, error). A memory write,
+so the guard is not woken beside a FIFREEZE; it reads the flags when it acts. On the
+session's socket: the guard answers "armed"; the owner sends "D" when it exits on purpose
+and leaves the deadline to the guard (CLI freeze), "X" when released (the guard closes
+the session's fds, then its end of the socket: the owner sees EOF). The guard exits once
+its own socket is closed and no session is left.
 """
 import array
 import errno
 import json
+import mmap
 import os
 import select
 import signal
@@ -51,6 +55,7 @@ RETHAW_INTERVAL = 0.5
 THAW_NOW = signal.SIGUSR2
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 FDS_PER_PACKET = 32  # 32 paths of PATH_MAX fit a default socket buffer
+FIRST_FDS = 2  # the session's socket and its flags
 MAX_PACKET = 1 << 18
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # -B -I -S: no .pyc (the root filesystem may be planned), no environment, no site: the
@@ -68,7 +73,7 @@ def _send(sock, payload, fds):
 def _receive(sock):
     """One packet: (payload or None at EOF, fds); a truncated packet raises ValueError."""
     data, ancillary, flags, _ = sock.recvmsg(MAX_PACKET, socket.CMSG_SPACE(
-        (FDS_PER_PACKET + 1) * array.array("i").itemsize))
+        (FDS_PER_PACKET + FIRST_FDS) * array.array("i").itemsize))
     fds = array.array("i")
     for level, kind, cmsg in ancillary:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
@@ -83,10 +88,11 @@ def _receive(sock):
 class Guard(object):
     """The owner's handle on one armed session."""
 
-    def __init__(self, pid, identity, sock):
+    def __init__(self, pid, identity, sock, flags):
         self.pid = pid
         self.identity = identity
         self._sock = sock
+        self._flags = flags
         self._lock = threading.Lock()
 
     @classmethod
@@ -103,21 +109,20 @@ class Guard(object):
         finally:
             program.close()
 
-    def _send(self, message):
-        with self._lock:
-            try:
-                if self._sock is None:
-                    raise OSError(errno.EPIPE, "released")
-                self._sock.send(message)
-            except OSError as error:
-                raise FreezeError("the deadline guard is gone ({}); refusing to freeze "
-                                  "without it".format(error.strerror))
-
     def announce(self, index):
-        self._send(b"A%d" % index)
+        """Fd `index` is being frozen now. Refused when the guard is gone: its socket
+        then reads EOF (a poll of our own end, which does not wake the guard)."""
+        with self._lock:
+            sock = self._sock
+            if sock is None or select.select([sock], [], [], 0)[0]:
+                raise FreezeError("the deadline guard is gone; refusing to freeze "
+                                  "without it")
+            self._flags[index] = 1
 
     def retract(self, index):
-        self._send(b"R%d" % index)
+        with self._lock:
+            if self._sock is not None:
+                self._flags[index] = 0
 
     def release(self, wait):
         """Everything is thawed by the owner; returns once the guard closed its fds (they
@@ -146,6 +151,7 @@ class Guard(object):
         with self._lock:
             self._sock.close()
             self._sock = None
+            self._flags.close()
 
 
 class GuardProgram(object):
@@ -174,29 +180,53 @@ class GuardProgram(object):
 
     def arm(self, fds, mount_points, deadline, report_path, session_id):
         mine, guards = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        flags_fd = flags = None
         try:
+            flags_fd, flags = _shared_flags(report_path + ".flags", len(fds))
             header = {"session": session_id, "deadline": deadline, "report": report_path,
                       "count": len(fds)}
             for start in range(0, max(len(fds), 1), FDS_PER_PACKET):
                 payload = dict(header) if start == 0 else {}
                 payload["points"] = list(mount_points[start:start + FDS_PER_PACKET])
-                chunk = list(fds[start:start + FDS_PER_PACKET])
-                _send(self.sock, payload, ([guards.fileno()] if start == 0 else []) + chunk)
-        except OSError:
+                first = [guards.fileno(), flags_fd] if start == 0 else []
+                _send(self.sock, payload, first + list(fds[start:start + FDS_PER_PACKET]))
+        except OSError as error:
             mine.close()
-            raise FreezeError("the deadline guard is gone; nothing was frozen")
+            if flags is not None:
+                flags.close()
+            raise FreezeError("the deadline guard cannot be armed ({}); nothing was "
+                              "frozen".format(error.strerror))
         finally:
             guards.close()
+            if flags_fd is not None:
+                os.close(flags_fd)
         ready, _, _ = select.select([mine], [], [], START_TIMEOUT)
         answer = mine.recv(16) if ready else b""
         if answer != b"armed":
             mine.close()
+            flags.close()
             raise FreezeError("the deadline guard did not take the session; nothing was frozen")
-        return Guard(self.process.pid, self.identity, mine)
+        return Guard(self.process.pid, self.identity, mine, flags)
 
     def close(self):
         """Without its own socket the guard exits once its sessions are over."""
         self.sock.close()
+
+
+def _shared_flags(path, count):
+    """(fd, mapping) of `count` zero bytes in an unlinked file (the run directory is a
+    tmpfs), touched now so that setting a flag never faults a page in."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        os.unlink(path)
+        size = max(count, 1)
+        os.ftruncate(fd, size)
+        flags = mmap.mmap(fd, size)
+    except BaseException:
+        os.close(fd)
+        raise
+    flags[0:size] = bytes(size)
+    return fd, flags
 
 
 def _identity(pid):
@@ -268,14 +298,14 @@ def request_thaw(pid):
 class _Armed(object):
     """One session the guard holds."""
 
-    def __init__(self, header, sock, fds, points):
+    def __init__(self, header, sock, flags, fds, points):
         self.session_id = header["session"]
         self.deadline = time.monotonic() + (header["deadline"] - time.time())
         self.report_path = header["report"]
         self.sock = sock
+        self.flags = flags
         self.fds = fds
         self.points = points
-        self.announced = set()
         self.owner_open = True
         self.detached = False
         self.report = None
@@ -286,10 +316,14 @@ class _Armed(object):
             return self.deadline
         return self.recheck_at if self.owner_open and not self.detached else None
 
+    def announced(self):
+        return [index for index in range(len(self.fds)) if self.flags[index]]
+
     def close(self):
         for fd in self.fds:
             os.close(fd)
         self.fds = []
+        self.flags.close()
         if self.sock is not None:
             self.sock.close()
             self.sock = None
@@ -356,15 +390,21 @@ class GuardProcess(object):
 
     def _arm(self):
         """Read one session's packets; a broken one is refused (its owner sees EOF)."""
-        sock, fds, points = None, [], []
+        sock, flags, fds, points = None, None, [], []
         try:
             header, received = _receive(self.sock)
             if header is None:
                 self.sock.close()
                 self.sock = None
                 return
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET, 0, received[0])
-            fds, points = received[1:], list(header["points"])
+            fds = received  # closed below if anything is wrong
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET, 0, fds.pop(0))
+            flags_fd = fds.pop(0)
+            try:
+                flags = mmap.mmap(flags_fd, max(header["count"], 1))
+            finally:
+                os.close(flags_fd)
+            points = list(header["points"])
             while len(fds) < header["count"]:
                 more, received = _receive(self.sock)
                 fds += received
@@ -377,10 +417,12 @@ class GuardProcess(object):
         except (OSError, ValueError, KeyError, IndexError, TypeError):
             for fd in fds:
                 os.close(fd)
+            if flags is not None:
+                flags.close()
             if sock is not None:
                 sock.close()
             return
-        self.sessions.append(_Armed(header, sock, fds, points))
+        self.sessions.append(_Armed(header, sock, flags, fds, points))
 
     def _owner_says(self, armed):
         try:
@@ -394,16 +436,10 @@ class GuardProcess(object):
             if not armed.detached and armed.recheck_at is None:
                 self._thaw(armed, "owner-exited")
             return
-        for line in data.split(b"\n"):
-            if line.startswith(b"A"):
-                armed.announced.add(int(line[1:]))
-            elif line.startswith(b"R"):
-                armed.announced.discard(int(line[1:]))
-            elif line == b"D":
-                armed.detached = True
-            elif line == b"X":
-                self._drop(armed)
-                return
+        if data == b"D":
+            armed.detached = True
+        elif data == b"X":
+            self._drop(armed)
 
     def _drop(self, armed):
         armed.close()
@@ -416,7 +452,7 @@ class GuardProcess(object):
                             "thawed": [], "not_frozen": [], "errors": {}}
         report = armed.report
         acted = False
-        for index in sorted(armed.announced, reverse=True):
+        for index in reversed(armed.announced()):
             point = armed.points[index]
             try:
                 if self.ops.thaw(armed.fds[index]):
