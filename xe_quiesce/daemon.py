@@ -15,11 +15,13 @@ import os
 from . import __version__, logbuffer
 from .control import ControlServer
 from .coordinator import Coordinator
+from .discovery import plan_inputs
 from .errors import BusyError, QuiesceError
 from .guard import GuardService
 from .guest_agent import GuestAgent
 from .hooks import HookSet
 from .journal import Journal
+from .mountinfo import read_mountinfo
 from .session import QuiesceSession, busy_message, make_plan, thaw_from_journal
 from .warm_plan import WarmPlan
 from .xo_hook import SyncHook
@@ -33,7 +35,8 @@ class Daemon(object):
         self.config = config
         self.journal = Journal(config.state.run_dir)
         self.guards = GuardService()
-        self.plans = WarmPlan(lambda: make_plan(config))
+        self.plans = WarmPlan(lambda: make_plan(config),
+                              lambda: plan_inputs(config.freeze, read_mountinfo()))
         self.coordinator = Coordinator(config, session_factory=self._session)
         self.sync_hook = SyncHook(config, self.coordinator)
         self.agent = GuestAgent(config, client, domain_path, environ=environ,
