@@ -238,8 +238,8 @@ def test_post_sync_is_served_while_frozen_with_the_log_on_a_frozen_filesystem(xo
 
 
 def test_idle_daemon_has_no_timed_waits_and_stops_at_once(xo):
-    """Idle, every thread of the daemon (xenstore loop, XO listener, control socket)
-    blocks with no timeout; SIGTERM still ends it at once (a wake-up pipe)."""
+    """Idle, every thread of the daemon (xenstore loop, XO listener, control socket,
+    the guard's watcher) blocks with no timeout; SIGTERM still ends it at once (a wake-up pipe)."""
     xo.start()
     pid = xo.daemon.process.pid
     wait_until(lambda: all(thread["syscall"] != "running" for thread in
@@ -247,7 +247,7 @@ def test_idle_daemon_has_no_timed_waits_and_stops_at_once(xo):
     before = thread_states(pid)
     time.sleep(3)
     after = thread_states(pid)
-    assert len(before) == 3, before  # main, XO listener, control socket
+    assert len(before) == 4, before  # main, XO listener, control socket, guard watcher
     for tid, thread in after.items():
         assert not waits_with_timeout(thread["syscall"], thread["args"]), \
             "thread {} waits with a timeout: {}".format(tid, thread)

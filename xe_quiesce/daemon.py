@@ -4,6 +4,10 @@ Triggers: the xenstore conversation (its own loop, the main thread), Xen Orchest
 HTTPS sync hook, and the local control socket the CLI uses. They share the journal's
 one-session rule, so a request while another trigger's session is active gets a busy
 error naming that trigger.
+
+Start-up order: the deadline guard is spawned first, while this process has no other
+thread, and the plan is made (kept warm, see warm_plan.py); then the triggers' threads
+start. Every session arms that one guard and takes that plan.
 """
 import logging
 import os
@@ -15,11 +19,15 @@ from . import __version__, logbuffer
 from .config import session_timeout
 from .control import ControlServer
 from .coordinator import Coordinator
+from .discovery import plan_inputs
 from .errors import BusyError, ConfigError, QuiesceError
+from .guard import GuardService
 from .guest_agent import GuestAgent
 from .hooks import HookSet
 from .journal import Journal
-from .session import busy_message, thaw_from_journal
+from .mountinfo import read_mountinfo
+from .session import QuiesceSession, busy_message, make_plan, thaw_from_journal
+from .warm_plan import WarmPlan
 from .xenstore import XenstoreClient, XenstoreError
 from .xo_hook import SyncHook
 from .xo_tag import advice, networks_from_xenstore
@@ -32,16 +40,27 @@ class Daemon(object):
     def __init__(self, config, client, domain_path=None, environ=None):
         self.config = config
         self.journal = Journal(config.state.run_dir)
-        self.coordinator = Coordinator(config)
+        self.guards = GuardService()
+        self.plans = WarmPlan(lambda: make_plan(config),
+                              lambda: plan_inputs(config.freeze, read_mountinfo()))
+        self.coordinator = Coordinator(config, session_factory=self._session)
         self.sync_hook = SyncHook(config, self.coordinator)
-        self.agent = GuestAgent(config, client, domain_path, environ=environ)
+        self.agent = GuestAgent(config, client, domain_path, environ=environ,
+                                session_factory=lambda plan: self._session(
+                                    config, "xapi", plan=plan), planner=self.plans)
         self.control = ControlServer(config.state.run_dir, {
             "freeze": self.cli_freeze, "thaw": self.cli_thaw, "status": self.status})
         self.sync_hook_error = None
 
+    def _session(self, config, trigger, plan=None):
+        return QuiesceSession(config, trigger, plan=plan, guards=self.guards,
+                              planner=self.plans)
+
     def run(self):
         logbuffer.add_syslog_when_detached()
         self.journal.ensure_dir()
+        self.guards.start()
+        self._warm_up()
         closed = self.journal.reconcile()
         if closed:
             log.warning("earlier session %s (%s): %s", closed["session"], closed.get("trigger"),
@@ -59,6 +78,16 @@ class Daemon(object):
             self.sync_hook.stop()
             self.control.stop()
             self.coordinator.shutdown()
+            self.guards.stop()
+            self.plans.close()
+
+    def _warm_up(self):
+        """Plan now, so the first request does not; a plan that cannot be made now is
+        reported by the request that needs it, in that request's words."""
+        try:
+            self.plans()
+        except Exception as error:  # noqa: BLE001 - any failure is the request's to say
+            log.debug("no plan at start: %s", error)
 
     def _why_no_sync_hook(self, error):
         if isinstance(error, ConfigError):

@@ -32,9 +32,11 @@ FEATURE = "control/feature-quiesce"
 TOKENS = ("action", "feature", "domain", "status")
 
 
-def plan_for(config, devids):
-    """The session's plan: the configured mounts, else the filesystems on these VBDs."""
-    plan = make_plan(config)
+def plan_for(config, devids, plan=None):
+    """The session's plan: the configured mounts, else the filesystems on these VBDs
+    (of `plan`, the daemon's warm plan, or one made now)."""
+    if plan is None:
+        plan = make_plan(config)
     if config.freeze.mounts:
         return plan
     wanted = {int(devid) for devid in devids}
@@ -50,8 +52,9 @@ class GuestAgent(object):
     """`xe-quiesce run`: advertise, watch C/action, play the guest's part per request."""
 
     def __init__(self, config, client, domain_path=None, session_factory=None,
-                 environ=None):
+                 environ=None, planner=None):
         self.config = config
+        self.planner = planner  # the daemon's warm plan (warm_plan.WarmPlan)
         self.client = client
         self.domain_path = domain_path
         self.session_factory = session_factory or (
@@ -331,7 +334,7 @@ class GuestAgent(object):
 
     def do_StartSession(self, devids):
         try:
-            plan = plan_for(self.config, devids)
+            plan = plan_for(self.config, devids, self.planner() if self.planner else None)
             self.session = self.session_factory(plan)
             summary = self.session.start()
         except BusyError as error:

@@ -59,12 +59,17 @@ class RunLock(object):
 
 
 class QuiesceSession(object):
-    def __init__(self, config, trigger, plan=None, journal=None, ops=None, hooks=None):
+    def __init__(self, config, trigger, plan=None, journal=None, ops=None, hooks=None,
+                 guards=None, planner=None):
         self.config = config
         self.trigger = trigger
         self.ops = ops or FsOps()
         self.journal = journal or Journal(config.state.run_dir, ops=self.ops)
         self.plan = plan
+        # The daemon's always-ready guard (guard.GuardService) and warm plan (a callable
+        # returning the current plan); without them each session makes its own.
+        self.guards = guards
+        self.planner = planner or (lambda: make_plan(self.config))
         # None: the configured hook directory; False: no hooks at all (tests).
         self.hooks = HookSet.load(config) if hooks is None else (hooks or None)
         self.session_id = uuid.uuid4().hex[:12]
@@ -88,7 +93,7 @@ class QuiesceSession(object):
             if active:
                 raise BusyError(busy_message(active))
             if self.plan is None:
-                self.plan = make_plan(self.config)
+                self.plan = self.planner()
             self._refuse_run_dir_on_plan()
             timeout = timeout or self.config.freeze.max_frozen
             now = time.time()
@@ -96,6 +101,7 @@ class QuiesceSession(object):
                 "session": self.session_id, "trigger": self.trigger, "status": "quiescing",
                 "owner": procs.identity(os.getpid()), "started": now,
                 "deadline": now + timeout, "mounts": [], "hooks_run": [], "result": None,
+                "guard_process": self.guards.identity if self.guards else None,
             }
             self.journal.write(self.state)
         try:
@@ -171,9 +177,10 @@ class QuiesceSession(object):
         self.guard = Guard.start(self.freezer.fds, self.freezer.mount_points,
                                  self.state["deadline"],
                                  self.journal.guard_report_path(self.session_id),
-                                 self.session_id, ops=self.ops)
-        self.state["guard_process"] = procs.identity(self.guard.pid)
-        self.journal.write(self.state)
+                                 self.session_id, service=self.guards)
+        if self.state["guard_process"] != self.guard.identity:
+            self.state["guard_process"] = self.guard.identity
+            self.journal.write(self.state)
         self.gate.hold()
         self.freezer.freeze(self.guard, self.state["deadline"])
 
@@ -198,9 +205,7 @@ class QuiesceSession(object):
             # A FIFREEZE is still in the kernel: closing the pipe at exit (or the
             # deadline) lets the guard keep re-thawing until it returns.
             return
-        self.guard.release()
-        # Its fds pin the mounts: an unmount right after the thaw must not find it alive.
-        procs.wait_gone(self.guard.pid, GUARD_EXIT_WAIT)
+        self.guard.release(GUARD_EXIT_WAIT)
 
     def remaining(self):
         return self.state["deadline"] - time.time()
