@@ -128,9 +128,12 @@ set -e
 xe-quiesce --version
 xe-quiesce plan --config /tmp/xe-quiesce.conf
 xe-quiesce freeze --config /tmp/xe-quiesce.conf
-grep -q ' /mnt/loop ' /proc/self/mountinfo
-xe-quiesce status --config /tmp/xe-quiesce.conf
+# The kernel's word that it is frozen: a second FIFREEZE is refused with EBUSY.
+if fsfreeze --freeze /mnt/loop 2>/tmp/second-freeze.err; then exit 7; fi
+grep -q 'busy' /tmp/second-freeze.err && echo "second FIFREEZE: busy"
 xe-quiesce thaw --config /tmp/xe-quiesce.conf
+# Thawed: a write goes through.
+touch /mnt/loop/after-thaw && echo "written after thaw"
 """
 
 
@@ -167,8 +170,11 @@ def test_installed_with_rpm_into_a_root_with_the_targets_python(version, dist, t
             fs.destroy()
         assert out.splitlines()[0] == "xe-quiesce, version %s" % version
         assert re.search(r"^  /mnt/loop +ext4 ", out, re.M), out
-        assert re.search(r"^Frozen .*/mnt/loop", out, re.M | re.I) or "/mnt/loop" in out
-        assert re.search(r"thawed", out, re.I), out
+        assert "\nFrozen: /mnt/loop (session " in out, out
+        assert "\nsecond FIFREEZE: busy\n" in out, out
+        assert "\nthawed: thawed /mnt/loop\nwritten after thaw\n" in out, out
+        assert re.search(r"INFO: session \w+ \(trigger cli\): froze /mnt/loop; .* result thawed",
+                         out), out
         imported = chroots.run_in(root, "python3", "-c", "import sys; sys.path.insert(0, %r); "
                                   "import click, xe_quiesce; print(click.__file__); "
                                   "print(xe_quiesce.__file__)" % VENDOR).stdout.split()
