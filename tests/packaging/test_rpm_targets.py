@@ -169,7 +169,8 @@ def test_installed_with_rpm_into_a_root_with_the_targets_python(version, dist, t
         finally:
             fs.destroy()
         assert out.splitlines()[0] == "xe-quiesce, version %s" % version
-        assert re.search(r"^  /mnt/loop +ext4 ", out, re.M), out
+        assert re.search(r"^  MOUNT POINT +FSTYPE +VBDS +BLOCK STACK\n  /mnt/loop +ext4 ", out,
+                         re.M), out
         assert "\nFrozen: /mnt/loop (session " in out, out
         assert "\nsecond FIFREEZE: busy\n" in out, out
         assert "\nthawed: thawed /mnt/loop\nwritten after thaw\n" in out, out
