@@ -146,7 +146,8 @@ def main():
         demo_xenstore = None
     if demo_xenstore is not None:
         if not demo_xenstore.main():
-            ok, closing = False, "Verdict: FAILED, the xenstore conversation's snapshot was not clean."
+            ok = False
+            closing = "Verdict: FAILED, the xenstore conversation's snapshot was not clean."
     say("DEMO {}".format("PASSED" if ok else "FAILED"))
     say(closing)
     sys.exit(0 if ok else 1)

@@ -19,9 +19,10 @@ import tempfile
 
 import pytest
 
+from tests.loopfs import LoopFs
+
 from . import chroots
 from .conftest import PKG_NAME, REPO, target_rpm
-from tests.loopfs import LoopFs
 
 SYS_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8"}
 # What each package must require, beyond /bin/sh (scriptlets), config() and rpmlib().
