@@ -136,3 +136,17 @@ def test_man_page_and_completion_cover_the_cli():
                                        completion, re.M):
             missing.append(("completion", command, opt))
     assert missing == []
+
+
+def test_license_file_is_what_the_packages_declare():
+    """LICENSE, debian/copyright, setup.cfg and both specs name the same license."""
+    def read(path):
+        with open(os.path.join(REPO, path)) as fh:
+            return fh.read()
+    assert re.match(r"\s*GNU GENERAL PUBLIC LICENSE\n\s+Version 2, June 1991\n", read("LICENSE"))
+    assert re.search(r"^Files: \*\n.*\nLicense: GPL-2$", read("debian/copyright"), re.M)
+    assert "\nlicense = GPL-2.0-only\n" in read("setup.cfg")
+    for spec in ("rpm/xe-guest-utilities-quiesce.spec", "rpm/xe-quiesce-host.spec"):
+        licenses = re.findall(r"^License:\s+(.*)$", read(spec), re.M)
+        assert licenses and all(entry.startswith("GPL-2.0-only") for entry in licenses)
+        assert "%license LICENSE " in read(spec)
