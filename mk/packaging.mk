@@ -1,7 +1,7 @@
 # Distro packages and service integration (issue 6).
 #   make deb               .deb (and .dsc) via dpkg-buildpackage in build/packaging/deb,
 #                          copied to build/packages/ (never into the repo's parent)
-#   make rpm               one .rpm per target in RPM_TARGETS (el8 el9 el10 fc42: each for
+#   make rpm               one .rpm per target in RPM_TARGETS (el8 el9 el10 fc42 fc43: each for
 #                          that target's Python), the sysvinit/chkconfig variant, and the
 #                          .src.rpm that `rpmbuild --rebuild` turns into the target's own
 #                          package -> build/packages/
@@ -52,11 +52,12 @@ $(PYXS_SDIST):
 # the dependencies (required or bundled) from rhel/fedora. EL 8 runs our command
 # with platform-python (the spec sets that). Fedora 42 has Python 3.13 (Debian
 # trixie's, so its install test runs), Fedora 43 has 3.14.
-RPM_TARGETS := el8 el9 el10 fc42
+RPM_TARGETS := el8 el9 el10 fc42 fc43
 RPM_DEFINES_el8 := --define "dist .el8" --define "rhel 8" --define "python3_version 3.6"
 RPM_DEFINES_el9 := --define "dist .el9" --define "rhel 9" --define "python3_version 3.9"
 RPM_DEFINES_el10 := --define "dist .el10" --define "rhel 10" --define "python3_version 3.12"
 RPM_DEFINES_fc42 := --define "dist .fc42" --define "fedora 42" --define "python3_version 3.13"
+RPM_DEFINES_fc43 := --define "dist .fc43" --define "fedora 43" --define "python3_version 3.14"
 # --nodeps: Debian's rpm database is empty, so no BuildRequires can be met here.
 # Debian's rpm runs brp-compress, a bash script, with sh: run it with bash.
 # setup.py runs with Debian's python3 (build_python3), installing into the target's

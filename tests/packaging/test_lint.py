@@ -49,7 +49,7 @@ def test_lintian_source_clean(dsc):
 
 def test_rpmlint_clean(version, rpm_sysv, srpm):
     # Filters, each with its reason, are in rpm/rpmlint.toml.
-    targets = [target_rpm(version, dist) for dist in ("el8", "el9", "el10", "fc42")]
+    targets = [target_rpm(version, dist) for dist in ("el8", "el9", "el10", "fc42", "fc43")]
     out = check(["rpmlint", "-c", "rpm/rpmlint.toml", "rpm/xe-guest-utilities-quiesce.spec",
                  rpm_sysv, srpm] + targets)
     assert re.search(r"\b0 errors, 0 warnings\b", out), out

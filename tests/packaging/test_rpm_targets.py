@@ -35,6 +35,8 @@ TARGETS = {
                                             "python3-psutil"}},
     "fc42": {"python": "3.13", "requires": {"python(abi) = 3.13", "/usr/bin/python3",
                                             "python3-click", "python3-psutil"}},
+    "fc43": {"python": "3.14", "requires": {"python(abi) = 3.14", "/usr/bin/python3",
+                                            "python3-click", "python3-psutil"}},
 }
 BUNDLED_CLICK = {"el9", "el10"}
 # Debian roots standing in for a target: same Python minor version where one exists.
