@@ -1,6 +1,6 @@
 """The guest's conversation state machine, without I/O: every transition, every failure.
 
-The expected xenstore operations are the contract's (xapi-quiesce-protocol.md): the
+The expected xenstore operations are the contract's (docs/xapi-protocol.md): the
 success path section a, the guest's answers to the failure modes of section b, and
 the rules of section e (C/error before the status, status last, no
 create-snapshotinfo, busy answered and not queued).

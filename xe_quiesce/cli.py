@@ -75,10 +75,13 @@ def plan(config_file, as_json, root):
 def _print_plan(data):
     click.echo("Would freeze {} filesystem(s); those not ordered below freeze "
                "concurrently.".format(len(data["filesystems"])))
+    width = max([24] + [len(fs["mount_point"]) for fs in data["filesystems"]])
+    row = "  {:<%d} {:<6} {:<12} {}" % width
+    if data["filesystems"]:
+        click.echo(row.format("MOUNT POINT", "FSTYPE", "VBDS", "BLOCK STACK"))
     for fs in data["filesystems"]:
         vbds = ",".join(str(vbd) for vbd in fs["vbds"]) or "-"
-        click.echo("  {:<24} {:<6} vbd {:<12} {}".format(
-            fs["mount_point"], fs["fstype"], vbds, fs["stack"]))
+        click.echo(row.format(fs["mount_point"], fs["fstype"], vbds, fs["stack"]))
     if data["order"]:
         click.echo("Order:")
         for edge in data["order"]:

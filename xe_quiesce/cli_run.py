@@ -3,11 +3,20 @@
 The daemon's modules (xenstore, HTTPS, the state machine) are imported when `run` runs,
 not when the command line loads: `xe-quiesce thaw` starts inside the frozen window.
 """
+import logging
+import os
+import sys
+
 import click
 
 from .cli_options import config_option, require_root
 from .config import load_config
 from .errors import QuiesceError
+
+# Exit status when the guest has no xenbus device (a Xen HVM guest without PV drivers,
+# or not Xen at all): LSB's "not configured". The unit lists it in
+# RestartPreventExitStatus=, so systemd does not restart into the same failure.
+NO_XENBUS_STATUS = 6
 
 
 @click.command()
@@ -27,12 +36,19 @@ def run(uri, domain_path, config_file):
     from .control import DaemonLock
     from .daemon import Daemon
     from .journal import Journal
-    from .xenstore import XenstoreClient, XenstoreError
+    from .xenstore import XENBUS_DEVICES, XenstoreClient, XenstoreError
 
     require_root()
     config = load_config(config_file)
+    uri = uri or config.xenstore.uri
+    if uri == "xenbus" and not any(os.path.exists(path) for path in XENBUS_DEVICES):
+        logging.getLogger(__name__).error(
+            "no xenbus device (%s): not a Xen guest with PV drivers, nothing to serve; "
+            "exiting with status %d (not restarted)", ", ".join(XENBUS_DEVICES),
+            NO_XENBUS_STATUS)
+        sys.exit(NO_XENBUS_STATUS)
     try:
-        client = XenstoreClient(uri or config.xenstore.uri, timeout=config.xenstore.request_timeout)
+        client = XenstoreClient(uri, timeout=config.xenstore.request_timeout)
     except XenstoreError as error:
         raise QuiesceError(str(error))
     Journal(config.state.run_dir).ensure_dir()

@@ -1,6 +1,6 @@
 """The guest's part of the quiesce contract, as a state machine with no I/O.
 
-Why a pure machine: the contract (xapi-quiesce-protocol.md) is a strict sequence of
+Why a pure machine: the contract (docs/xapi-protocol.md) is a strict sequence of
 xenstore keys, values and orderings, with a failure path at every step, and the real
 dom0 gives no second chance (xapi takes the *first* `C/status` value as final). Keeping
 the decisions here, and the xenstore/freeze calls in `guest_agent`, lets every

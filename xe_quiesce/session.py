@@ -9,6 +9,7 @@ knows nothing of who asked. Its safety rules:
   journal and guard report live in the run directory, which must not be planned.
 """
 import fcntl
+import logging
 import os
 import time
 import uuid
@@ -26,6 +27,9 @@ from .journal import ACTIVE, Journal
 from .plan import build_plan
 
 GUARD_EXIT_WAIT = 5.0
+LOG = logging.getLogger(__name__)
+# The level of a session's closing line, by result (others: error).
+END_LEVELS = {"thawed": logging.INFO, "deadline-thawed": logging.WARNING}
 
 
 def make_plan(config, root="/"):
@@ -197,6 +201,7 @@ class QuiesceSession(object):
         if problems:
             message += "; " + "; ".join(problems)
         self.journal.finish(self.state, getattr(error, "result", "failed"), message)
+        log_session_end(self.state, self.summary()["frozen"])
 
     def _release_guard(self):
         if self.guard is None:
@@ -228,7 +233,9 @@ class QuiesceSession(object):
                 ", ".join(report["thawed"]), report.get("reason")) + (
                     "; " + message if message else "")
         self.journal.finish(self.state, result, message)
-        return self.summary()
+        summary = self.summary()
+        log_session_end(self.state, summary["frozen"])
+        return summary
 
     def detach(self):
         """Leave the filesystems frozen for another process to thaw (CLI `freeze`)."""
@@ -256,6 +263,19 @@ class QuiesceSession(object):
         }
 
 
+def log_session_end(state, frozen):
+    """The one line each session leaves: trigger, what froze, for how long, the result.
+
+    Written after the thaw (the log gate is open again), as the journal records it.
+    """
+    seconds = (state.get("finished") or time.time()) - state["started"]
+    LOG.log(END_LEVELS.get(state.get("result"), logging.ERROR),
+            "session %s (trigger %s): froze %s; %.2f s from start to end; result %s%s",
+            state["session"], state.get("trigger"), " ".join(frozen) or "nothing",
+            seconds, state.get("result"),
+            ": " + state["message"] if state.get("message") else "")
+
+
 def thaw_from_journal(journal, hooks=None):
     """`xe-quiesce thaw` without a daemon: have the guard thaw, then close the session.
 
@@ -278,6 +298,8 @@ def thaw_from_journal(journal, hooks=None):
                 raise QuiesceError("the deadline guard (pid {}) did not finish thawing within "
                                    "{:.0f} s".format(guard[0], GUARD_EXIT_WAIT))
         closed = journal.reconcile(result="thawed")
+    if closed:
+        log_session_end(closed, [mount["mount_point"] for mount in state.get("mounts", [])])
     if hooks is not None and state.get("hooks_run"):
         hooks.thaw(state["hooks_run"], hook_environment(
             state["session"], state.get("trigger", ""), state["deadline"],

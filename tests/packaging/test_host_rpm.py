@@ -15,9 +15,13 @@ SHARE = "/usr/share/xe-quiesce-host"
 SYS_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8"}
 
 
-@pytest.fixture(scope="module")
-def host_rpm(version):
-    return _built("%s-%s-1.noarch.rpm" % (HOST_PKG, version))[0]
+# XCP-ng's dist tags; dom0's python3 is 3.6 on both.
+HOST_DISTS = ["xcpng8.2", "xcpng8.3"]
+
+
+@pytest.fixture(scope="module", params=HOST_DISTS)
+def host_rpm(request, version):
+    return _built("%s-%s-1.%s.noarch.rpm" % (HOST_PKG, version, request.param))[0]
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +62,8 @@ def test_noarch_without_scriptlets(host_rpm):
 def test_requires_only_python3_and_xapi(host_rpm):
     requires = {line.split()[0] for line in rpm_q(host_rpm, "--requires").splitlines()
                 if not line.startswith("rpmlib(")}
-    assert requires == {"/usr/bin/python3", "python3", "xapi-core"}
+    assert requires == {"/usr/bin/python3", "python3", "python(abi)", "xapi-core"}
+    assert "python(abi) = 3.6" in rpm_q(host_rpm, "--requires")
     provides = rpm_q(host_rpm, "--provides")
     for bundled in ("python3-pyxs) = 0.4.1", "python3-click) = 7.1.2",
                     "python3-XenAPI) = 26.21.1"):
@@ -73,6 +78,19 @@ def test_rpmlint_clean(host_rpm):
                           universal_newlines=True)
     assert proc.returncode == 0 and re.search(r"\b0 errors, 0 warnings\b", proc.stdout), \
         proc.stdout
+
+
+def test_payload_grammar_fits_dom0_python_3_6(payload):
+    """vermin over the exact payload (ours and what is bundled), for dom0's Python 3.6."""
+    files = [os.path.join(d, name) for d, _, names in os.walk(payload) for name in names
+             if name.endswith(".py")]
+    files += [os.path.join(payload, "usr/bin/xe-quiesce-host"),
+              os.path.join(payload, "etc/xapi.d/plugins/xe-quiesce")]
+    proc = subprocess.run([os.path.join(REPO, ".venv/bin/vermin"), "--no-tips", "--violations",
+                           "--target=3.6-", "--eval-annotations"] + files,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          universal_newlines=True)
+    assert proc.returncode == 0, proc.stdout
 
 
 def relocated(payload, path):
