@@ -120,8 +120,9 @@ class RelayHost(Host):
             Host.stop(self)
 
 
-@pytest.fixture
-def host(xenstored, loopfs, write_config, tmp_path, xenapi_plugin_dir):  # noqa: F811
+@pytest.fixture(name="host")
+def relay_host_fixture(xenstored, loopfs, write_config, tmp_path,
+                       xenapi_plugin_dir):  # noqa: F811
     made = RelayHost(xenstored, loopfs, write_config, tmp_path, xenapi_plugin_dir)
     made.relays = []
     yield made

@@ -12,7 +12,7 @@ import pytest
 import XenAPI
 
 from tests.test_host_companion import PLUGIN, run_cli, xenapi_plugin_dir  # noqa: F401
-from tests.test_relay import host  # noqa: F401 (fixture)
+from tests.test_relay import relay_host_fixture  # noqa: F401 (the host fixture)
 from tests.xapi_server import NULL
 from xe_quiesce.host import xenopsd
 from xe_quiesce.host.fleet import GUEST_LISTENER, NONE, RELAY, age, xo_trigger

@@ -7,8 +7,13 @@ detached /post-sync. The relay, the guest daemon, xenstored: as in test_relay.py
 """
 import pytest
 
-from tests.test_relay import ALLOW_LOCAL, host, other_host_relay, quiesced  # noqa: F401
 from tests.test_host_companion import xenapi_plugin_dir  # noqa: F401 (fixture)
+from tests.test_relay import (  # noqa: F401 (the host fixture)
+    ALLOW_LOCAL,
+    other_host_relay,
+    quiesced,
+    relay_host_fixture,
+)
 from tests.waiting import wait_until
 from tests.xo.client import XoRun, installed
 

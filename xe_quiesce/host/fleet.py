@@ -27,13 +27,12 @@ def fleet(api, settings, here_only=False):
     here = api.host.get_by_uuid(local_host_uuid(settings.inventory))
     hosts = api.host.get_all_records()
     vms = api.VM.get_all_records()
-    running = sorted(((ref, vm) for ref, vm in vms.items() if _is_running_guest(vm)),
-                     key=lambda item: (item[1]["resident_on"] != here,
-                                       hosts.get(item[1]["resident_on"], {}).get(
-                                           "name_label", ""), item[1]["name_label"]))
+    running = sorted((vm for vm in vms.values() if _is_running_guest(vm)),
+                     key=lambda vm: (vm["resident_on"] != here, hosts.get(
+                         vm["resident_on"], {}).get("name_label", ""), vm["name_label"]))
     rows, others = [], {}
     with XenstoreClient(settings.xenstore) as client:
-        for ref, vm in running:
+        for vm in running:
             if vm["resident_on"] == here:
                 rows.append(_row(vm, hosts[here], vms, _agent_here(client, vm)))
             elif not here_only:
