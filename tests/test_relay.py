@@ -10,7 +10,6 @@ import json
 import os
 import re
 import ssl
-import subprocess
 import sys
 import uuid
 
@@ -25,50 +24,32 @@ from tests.xapi_server import NULL
 LISTENING = re.compile(r"listening on port (\d+)")
 
 
-class RelayProcess(object):
-    """`xe-quiesce-host relay ...` for one host (its inventory), on 127.0.0.x."""
+class RelayProcess(GuestDaemon):
+    """`xe-quiesce-host relay ...` for one host (its inventory), on 127.0.0.x; run,
+    logged and stopped (SIGTERM, as systemd does) as the guest daemon is."""
 
-    def __init__(self, host, log_path, args, address="127.0.0.1", port=0, inventory=None,
-                 env=None):
-        self.address = address
-        self.log_path = log_path
-        argv = [sys.executable, "-m", "xe_quiesce.host.cli", "relay", "--address", address,
-                "--port", str(port), "--tls-dir", str(host.tmp_path / "tls")] + list(args)
-        environ = dict(host.env(), **(env or {}))
+    def __init__(self, host, log_path, args, address="127.0.0.1", port=0, inventory=None):
+        environ = host.env()
         if inventory:
             environ["XE_QUIESCE_INVENTORY"] = inventory
-        with open(log_path, "wb") as log:
-            self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                            env=environ)
+        GuestDaemon.__init__(self, None, [], log_path, environ)
+        self.argv = [sys.executable, "-m", "xe_quiesce.host.cli", "relay", "--address",
+                     address, "--port", str(port), "--tls-dir",
+                     str(host.tmp_path / "tls")] + list(args)
+        self.address = address
         self.port = None
+        self.start()
 
     def started(self):
         def listening():
-            if self.process.poll() is not None:
-                raise AssertionError("the relay exited ({}):\n{}".format(
-                    self.process.returncode, self.log()))
             found = LISTENING.search(self.log())
             return found and int(found.group(1))
-        self.port = wait_until(listening, 30, "the relay to listen")
+        self.port = self.wait_for(listening, "the relay to listen", 30)
         return self
-
-    def log(self):
-        with open(self.log_path, errors="replace") as handle:
-            return handle.read()
 
     def get(self, path, vm, headers=None, timeout=90):
         return https_get(self.address, self.port, "{}?vm={}".format(path, vm), headers,
                          timeout)
-
-    def stop(self):
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
 
 
 def https_get(address, port, target, headers=None, timeout=90):
@@ -236,7 +217,7 @@ def test_bearer_secret_is_checked(host, tmp_path):
 
 def test_relay_refuses_to_listen_open_to_anyone(host):
     made = RelayProcess(host, str(host.tmp_path / "open.log"), [])
-    assert made.process.wait(30) == 1
+    assert made.process.wait(60) == 1
     assert made.log().strip() == ("xe-quiesce-host: error: the relay stays off: give "
                                   "--allow-from (the XO servers' addresses) and/or "
                                   "--secret-file")

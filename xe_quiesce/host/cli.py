@@ -9,6 +9,7 @@ import logging
 import signal
 import sys
 import threading
+import types
 
 import click
 
@@ -154,8 +155,9 @@ def relay_command(settings, allow_from, secret_file, port, address, cert_file, k
     if not sync_timeout > 0 or not hold > 0:
         raise HostError("--sync-timeout and --hold must be positive numbers of seconds")
     logging.getLogger().setLevel(logging.INFO)
-    options = relay.RelayOptions(allow_from, secret_file, port, address, cert_file, key_file,
-                                 tls_dir)
+    options = types.SimpleNamespace(allow_from=allow_from, secret_file=secret_file, port=port,
+                                    address=address, cert_file=cert_file, key_file=key_file,
+                                    tls_dir=tls_dir)
     reason = relay.off_reason(options)
     if reason:
         raise HostError(reason)

@@ -27,6 +27,7 @@ dual stack): only the handler and the answers differ.
 import contextlib
 import logging
 import threading
+import types
 import urllib.parse
 
 from ..xo_hook import SyncHook, _Handler
@@ -211,7 +212,9 @@ class Relay(SyncHook):
     name = "xe-quiesce-host relay"
 
     def __init__(self, options, settings, sync_timeout=SYNC_TIMEOUT, hold=HOLD):
-        SyncHook.__init__(self, _Config(options), None)
+        # `options`: allow_from, secret_file, port, address, cert_file, key_file, tls_dir,
+        # read by SyncHook as the guest's [xo-sync-hook] section (`config.xo.<key>`).
+        SyncHook.__init__(self, types.SimpleNamespace(xo=options), None)
         self.settings = settings
         self.sync_timeout = sync_timeout
         self.hold = hold
@@ -338,27 +341,6 @@ def _vm_argument(query):
         raise Refusal(400, "give exactly one vm=<VM uuid> (the tag: "
                            "xo:notify-on-snapshot=https://<host>:<port>/?vm=<VM uuid>)")
     return values[0].lower()
-
-
-class _Config(object):
-    """The listener's settings as SyncHook reads them (`config.xo.<key>`)."""
-
-    def __init__(self, options):
-        self.xo = options
-
-
-class RelayOptions(object):
-    """What the admin configures: who may call, the certificate, where to listen."""
-
-    def __init__(self, allow_from=(), secret_file="", port=PORT, address="", cert_file="",
-                 key_file="", tls_dir=TLS_DIR):
-        self.allow_from = list(allow_from)
-        self.secret_file = secret_file
-        self.port = port
-        self.address = address
-        self.cert_file = cert_file
-        self.key_file = key_file
-        self.tls_dir = tls_dir
 
 
 class _RelayHandler(_Handler):
