@@ -52,14 +52,14 @@ class RelayProcess(GuestDaemon):
                          timeout)
 
 
-def https_get(address, port, target, headers=None, timeout=90):
+def https_get(address, port, target, headers=None, timeout=90, method="GET"):
     """(status, body, headers): no certificate check, as XO's client; no redirects."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     connection = http.client.HTTPSConnection(address, port, timeout=timeout, context=context)
     try:
-        connection.request("GET", target, headers=headers or {})
+        connection.request(method, target, headers=headers or {})
         response = connection.getresponse()
         return response.status, response.read().decode().strip(), dict(response.getheaders())
     finally:
@@ -243,6 +243,11 @@ def test_bad_requests_get_a_clear_4xx(host):
     assert status == 400
     assert relay.get("/post-sync", host.vm_uuid)[:2] == (
         412, "nothing is frozen for VM {}".format(host.vm_uuid))
+    status, _, headers = https_get("127.0.0.1", relay.port, "/sync?vm=" + host.vm_uuid,
+                                   method="POST")
+    assert (status, headers["Allow"]) == (405, "GET")
+    assert https_get("127.0.0.1", relay.port, "/sync")[0] == 400
+    assert https_get("127.0.0.1", relay.port, "/other?vm=" + host.vm_uuid)[0] == 404
     assert "VM.snapshot" not in xapi.calls
     assert not host.client.exists(host.control)  # the agentless guest was never asked
 

@@ -33,7 +33,9 @@ TRIGGER = "xo"
 
 
 def read_secret(path, label="[xo-sync-hook]"):
-    """The shared secret; the file must be root's and unreadable by others."""
+    """The shared secret; the file must be root's and unreadable by others.
+
+    `label` names the setting in messages (the dom0 relay's is an option)."""
     try:
         info = os.stat(path)
         with open(path, "rb") as handle:
@@ -76,7 +78,7 @@ class _Server(socketserver.ThreadingMixIn, HTTPServer):
     def __init__(self, address, family, hook):
         self.address_family = family
         self.hook = hook
-        HTTPServer.__init__(self, address, hook.handler, bind_and_activate=False)
+        HTTPServer.__init__(self, address, _Handler, bind_and_activate=False)
         if family == socket.AF_INET6 and address[0] in ("", "::"):
             self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         try:
@@ -119,13 +121,11 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, fmt, *args):
         log.info("sync hook %s: " + fmt, self.client_address[0], *args)
 
-    def _answer(self, code, text, headers=()):
+    def _answer(self, code, text):
         body = (text + "\n").encode()
         self.send_response(code)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(body)))
-        for name, value in headers:
-            self.send_header(name, value)
         self.end_headers()
         self.wfile.write(body)
 
@@ -150,14 +150,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class SyncHook(object):
-    """The listener and what its two paths do through the daemon's coordinator.
-
-    The dom0 relay (xe_quiesce.host.relay) is this listener with its own handler,
-    settings `label` and answers."""
-
-    handler = _Handler
-    label = "[xo-sync-hook]"
-    name = "Xen Orchestra sync hook"
+    """The listener and what its two paths do through the daemon's coordinator."""
 
     def __init__(self, config, coordinator):
         self.config = config
@@ -182,10 +175,10 @@ class SyncHook(object):
         if reason:
             log.info("%s", reason)
             return False
-        secret = read_secret(self.xo.secret_file, self.label) if self.xo.secret_file else None
+        secret = read_secret(self.xo.secret_file) if self.xo.secret_file else None
         self.policy = AccessPolicy(self.xo.allow_from, secret)
-        self.cert, key = certificate_pair(self.xo, self.label)
-        self.context = server_context(self.cert, key, self.label)
+        self.cert, key = certificate_pair(self.xo)
+        self.context = server_context(self.cert, key)
         self._stop_pipe = os.pipe()
         for address, family in self._addresses():
             server = _Server((address, self.xo.port), family, self)
@@ -194,7 +187,7 @@ class SyncHook(object):
                                       name="xe-quiesce-xo", daemon=True)
             thread.start()
             self.threads.append(thread)
-        log.info("%s listening on port %d (certificate %s)", self.name, self.port(),
+        log.info("Xen Orchestra sync hook listening on port %d (certificate %s)", self.xo.port,
                  self.fingerprint())
         return True
 
@@ -203,8 +196,8 @@ class SyncHook(object):
             try:
                 version = ipaddress.ip_address(self.xo.address).version
             except ValueError:
-                raise ConfigError("{} address {!r} is not an IP address".format(
-                    self.label, self.xo.address))
+                raise ConfigError("[xo-sync-hook] address {!r} is not an IP address".format(
+                    self.xo.address))
             return [(self.xo.address, socket.AF_INET6 if version == 6 else socket.AF_INET)]
         if socket.has_ipv6 and os.path.exists("/proc/net/if_inet6"):
             return [("::", socket.AF_INET6)]  # dual stack: IPv4 arrives as ::ffff:a.b.c.d
@@ -212,10 +205,6 @@ class SyncHook(object):
 
     def fingerprint(self):
         return fingerprint(self.cert) if self.cert else None
-
-    def port(self):
-        """The port listened on (the configured one; the system's pick for port 0)."""
-        return self.servers[0].server_address[1] if self.servers else self.xo.port
 
     def stop(self):
         if self._stop_pipe is None:

@@ -158,9 +158,8 @@ def relay_command(settings, allow_from, secret_file, port, address, cert_file, k
     options = types.SimpleNamespace(allow_from=allow_from, secret_file=secret_file, port=port,
                                     address=address, cert_file=cert_file, key_file=key_file,
                                     tls_dir=tls_dir)
-    reason = relay.off_reason(options)
-    if reason:
-        raise HostError(reason)
+    if relay.off_reason(options):  # before anything else is read
+        raise HostError(relay.off_reason(options))
     service = relay.Relay(options, settings, sync_timeout=sync_timeout, hold=hold)
     stop = threading.Event()
     for number in (signal.SIGTERM, signal.SIGINT):

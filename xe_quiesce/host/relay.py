@@ -21,16 +21,21 @@ fails): snapwatchd answers snapshots-failed and the guest thaws; the guest's own
 max-frozen bounds all of it anyway. A VM running on another host of the pool is
 redirected (307) to the relay there, which XO's fetch follows.
 
-The listener is the guest's sync-hook listener (allow-from, bearer secret, TLS,
-dual stack): only the handler and the answers differ.
+Who may call is checked as by the guest's own sync hook (its AccessPolicy: allow-from,
+bearer secret), with a certificate made the same way (tls.py).
 """
 import contextlib
+import ipaddress
 import logging
+import socket
+import socketserver
 import threading
-import types
 import urllib.parse
+from http.server import BaseHTTPRequestHandler, HTTPServer
 
-from ..xo_hook import SyncHook, _Handler
+from .. import tls
+from ..errors import QuiesceError
+from ..xo_hook import AccessPolicy, read_secret
 from . import companion
 from .snapwatchd_role import SnapshotResult
 from .xenapi_ops import (
@@ -49,9 +54,10 @@ LOG = logging.getLogger(__name__)
 PORT = 1727
 SYNC_TIMEOUT = 50.0  # XO waits 60 s (syncHookTimeout) for /sync, then snapshots anyway
 HOLD = 50.0          # from /sync's 200 to /post-sync; the guest's max-frozen is 60 s
+POLL = 5.0           # s between the listener's looks for a stop (idle: nothing else)
 REPORT_WAIT = 30.0   # /post-sync waits this long for the guest's report (XO does not wait)
 TLS_DIR = "/etc/xe-quiesce-host/tls"
-LABEL = "relay"
+LABEL = "relay:"  # names the options in the messages of the shared TLS and secret code
 
 QUIESCING, FROZEN, TAKEN, ABANDONED, DONE = "quiescing", "frozen", "taken", "abandoned", "done"
 
@@ -205,33 +211,59 @@ class RelaySession(companion.SnapshotTaker):
         return 200, "quiesced snapshot {}".format(self.uuid)
 
 
-class Relay(SyncHook):
-    """The HTTPS listener and the sessions of the VMs of this host."""
+class Relay(object):
+    """The HTTPS listener and the sessions of the VMs of this host.
 
-    label = LABEL
-    name = "xe-quiesce-host relay"
+    `options`: allow_from (networks), secret_file, port, address, cert_file, key_file,
+    tls_dir, as the command's options give them."""
 
     def __init__(self, options, settings, sync_timeout=SYNC_TIMEOUT, hold=HOLD):
-        # `options`: allow_from, secret_file, port, address, cert_file, key_file, tls_dir,
-        # read by SyncHook as the guest's [xo-sync-hook] section (`config.xo.<key>`).
-        SyncHook.__init__(self, types.SimpleNamespace(xo=options), None)
+        self.options = options
         self.settings = settings
         self.sync_timeout = sync_timeout
         self.hold = hold
         self.sessions = {}
         self.lock = threading.Lock()
         self.host_uuid = local_host_uuid(settings.inventory)
+        self.server = self.thread = self.policy = self.context = self.cert = None
+        self.stopping = False
 
-    def off_reason(self):
-        return off_reason(self.xo)
+    def start(self):
+        """Check the settings, make or load the certificate, listen; HostError if not."""
+        reason = off_reason(self.options)
+        if reason:
+            raise HostError(reason)
+        try:
+            secret = read_secret(self.options.secret_file, LABEL) \
+                if self.options.secret_file else None
+            self.cert, key = tls.certificate_pair(self.options, LABEL)
+            self.context = tls.server_context(self.cert, key, LABEL)
+        except QuiesceError as error:
+            raise HostError(str(error))
+        self.policy = AccessPolicy(self.options.allow_from, secret)
+        self.server = _Server(self, self.options.address, self.options.port)
+        # Wakes every POLL s to see a stop (then it answers nothing new: `stopping`).
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(POLL,),
+                                       name="relay", daemon=True)
+        self.thread.start()
+        LOG.info("xe-quiesce-host relay listening on port %d (certificate %s)", self.port(),
+                 tls.fingerprint(self.cert))
+
+    def port(self):
+        return self.server.server_address[1] if self.server else self.options.port
 
     def stop(self, wait=15.0):
-        """Stop listening; tell the guests still held, and wait a little for their reports."""
-        SyncHook.stop(self)
+        """Tell the guests still held (they thaw), stop listening, wait a little for
+        the guests' reports."""
         with self.lock:
+            self.stopping = True
             held = list(self.sessions.values())
         for session in held:
             session.abandon()
+        if self.server is not None:
+            self.server.shutdown()
+            self.thread.join()
+            self.server.server_close()
         for session in held:
             session._wait_while((QUIESCING, FROZEN, TAKEN, ABANDONED), wait)
 
@@ -245,6 +277,8 @@ class Relay(SyncHook):
         try:
             vm_uuid = _vm_argument(query)
             with self.lock:
+                if self.stopping:
+                    raise Refusal(503, "the relay is stopping")
                 held = self.sessions.get(vm_uuid)
             if path == "/post-sync":
                 if held is None:
@@ -343,19 +377,78 @@ def _vm_argument(query):
     return values[0].lower()
 
 
-class _RelayHandler(_Handler):
+class _Server(socketserver.ThreadingMixIn, HTTPServer):
+    """HTTPS on one address; the default "::" takes IPv4 too (dual stack)."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, relay, address, port):
+        address = address or ("::" if socket.has_ipv6 else "0.0.0.0")
+        try:
+            version = ipaddress.ip_address(address).version
+        except ValueError:
+            raise HostError("--address {!r} is not an IP address".format(address))
+        self.address_family = socket.AF_INET6 if version == 6 else socket.AF_INET
+        self.relay = relay
+        HTTPServer.__init__(self, (address, port), _Handler, bind_and_activate=False)
+        try:
+            if address == "::":
+                self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            self.server_bind()
+            self.server_activate()
+        except OSError as error:
+            self.server_close()
+            raise HostError("cannot listen on port {} of {}: {}".format(
+                port, address, error.strerror))
+
+    def get_request(self):
+        conn, address = self.socket.accept()
+        return self.relay.context.wrap_socket(conn, server_side=True,
+                                              do_handshake_on_connect=False), address
+
+    def handle_error(self, request, client_address):
+        LOG.info("relay: connection from %s failed", client_address[0], exc_info=True)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """One GET /sync or /post-sync per connection; the TLS handshake under the timeout."""
+
+    server_version = "xe-quiesce-host"
+    sys_version = ""
+    timeout = 30
+
+    def setup(self):
+        BaseHTTPRequestHandler.setup(self)
+        self.connection.do_handshake()
+
     def do_GET(self):
-        relay = self.server.hook
+        relay = self.server.relay
         if not relay.policy.allows(self.client_address[0], self.headers.get("Authorization")):
             return self._answer(403, "forbidden")
         path, _, query = self.path.partition("?")
         if path not in ("/sync", "/post-sync"):
             return self._answer(404, "not found")
-        code, text, headers = relay.answer(path, query)
-        return self._answer(code, text, headers)
+        return self._answer(*relay.answer(path, query))
+
+    def _refuse(self):
+        if not self.server.relay.policy.allows(self.client_address[0],
+                                               self.headers.get("Authorization")):
+            return self._answer(403, "forbidden")
+        return self._answer(405, "only GET is served", (("Allow", "GET"),))
+
+    do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = do_OPTIONS = _refuse
+
+    def _answer(self, code, text, headers=()):
+        body = (text + "\n").encode()
+        self.send_response(code)
+        for name, value in (("Content-Type", "text/plain"),
+                            ("Content-Length", str(len(body))),
+                            ("Connection", "close")) + tuple(headers):
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+        self.close_connection = True
 
     def log_message(self, fmt, *args):
         LOG.info("relay %s: " + fmt, self.client_address[0], *args)
-
-
-Relay.handler = _RelayHandler
