@@ -131,3 +131,28 @@ def test_xo_follows_the_redirect_to_the_vms_host(host):
     for path in ("/sync", "/post-sync"):
         assert '"GET {}?vm={} HTTP/1.1" 307'.format(path, host.vm_uuid) in first.log()
     assert host.frozen_now() == [False, False]
+
+
+def test_xo_giving_up_on_sync_is_never_left_frozen(host, tmp_path):
+    """XO aborts /sync at its syncHookTimeout while the guest's freeze hook still runs,
+    and snapshots crash-consistent: the relay sees the hang-up, and the guest, once its
+    hook is done and it freezes, is told snapshots-failed at once and thaws."""
+    hooks = tmp_path / "hooks.d"
+    hooks.mkdir(mode=0o755)
+    (hooks / "10-slow").write_text('#!/bin/sh\n[ "$1" = freeze ] && sleep 4\nexit 0\n')
+    (hooks / "10-slow").chmod(0o755)
+    host.make_vm().start_guest(extra="[hooks]\ndir = {}\n".format(hooks))
+    relay = host.relay(*ALLOW_LOCAL)
+    xo = xo_snapshot(host, relay.port, sync_timeout=1500)
+    try:
+        events = take_while_xo_waits(host, xo)
+    finally:
+        xo.kill()
+    failed = xo.first("request-failed", path="/sync")
+    assert failed is not None and failed["name"] == "TimeoutError", events
+    assert host.probes == [[False, False]]  # XO's snapshot: not frozen
+    wait_until(lambda: "the guest froze after /sync was given up (XO stopped waiting)"
+               in relay.log(), 60, "the guest told at its freeze")
+    host.wait(lambda: host.frozen_now() == [False, False], "thawed")
+    host.idle()
+    assert quiesced(host) == []

@@ -27,9 +27,11 @@ bearer secret), with a certificate made the same way (tls.py).
 import contextlib
 import ipaddress
 import logging
+import select
 import socket
 import socketserver
 import threading
+import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
@@ -54,6 +56,7 @@ LOG = logging.getLogger(__name__)
 PORT = 1727
 SYNC_TIMEOUT = 50.0  # XO waits 60 s (syncHookTimeout) for /sync, then snapshots anyway
 HOLD = 50.0          # from /sync's 200 to /post-sync; the guest's max-frozen is 60 s
+WATCH = 0.5          # s between looks at a waiting /sync's connection
 POLL = 5.0           # s between the listener's looks for a stop (idle: nothing else)
 REPORT_WAIT = 30.0   # /post-sync waits this long for the guest's report (XO does not wait)
 TLS_DIR = "/etc/xe-quiesce-host/tls"
@@ -92,6 +95,7 @@ class RelaySession(companion.SnapshotTaker):
         self.changed = threading.Condition()
         self.before = set(api.VM.get_snapshots(ref))  # XO's will be the new one
         self.reason = None        # why it failed, for /sync's or /post-sync's 500
+        self.abandoned_because = "the relay is stopping"
         self.refused = False      # failed before the guest was asked (no agent)
         self.cleanup = contextlib.ExitStack()
 
@@ -149,8 +153,8 @@ class RelaySession(companion.SnapshotTaker):
         self.check_disks(vdis, whole_vm)
         with self.changed:
             if self.state != QUIESCING:
-                self.fail("the guest froze after /sync stopped waiting ({:g} s)".format(
-                    self.relay.sync_timeout))
+                self.fail("the guest froze after /sync was given up ({})".format(
+                    self.abandoned_because))
             self.state = FROZEN
             self.changed.notify_all()
             self.changed.wait_for(lambda: self.state != FROZEN, self.relay.hold)
@@ -181,23 +185,42 @@ class RelaySession(companion.SnapshotTaker):
 
     # -- the requests' threads -------------------------------------------------------------
 
-    def sync(self):
-        state = self._wait_while((QUIESCING,), self.relay.sync_timeout)
+    def sync(self, client_gone=lambda: False):
+        """/sync's answer, once the guest froze or failed, or when /sync gives up: after
+        `sync_timeout`, or as soon as `client_gone()` (XO aborted at its own timeout and
+        snapshots without us). A guest that freezes after that is told snapshots-failed
+        at once (the contract has no way to stop hooks already running in the guest)."""
+        deadline = time.monotonic() + self.relay.sync_timeout
+        state = QUIESCING
+        while state == QUIESCING and time.monotonic() < deadline and not client_gone():
+            state = self._wait_while((QUIESCING,), min(WATCH, deadline - time.monotonic()))
         if state == QUIESCING:
-            with self.changed:
-                if self.state == QUIESCING:
-                    self.state = ABANDONED
-            return 500, "the guest did not quiesce within {:g} s; nothing is frozen".format(
-                self.relay.sync_timeout)
+            why = "XO stopped waiting" if client_gone() else \
+                "the guest did not quiesce within {:g} s".format(self.relay.sync_timeout)
+            if self._abandon_quiescing(why):
+                return 500, "{}; nothing is frozen".format(why)
+            state = self.state
         if state == FROZEN:
             return 200, "frozen: VM {}".format(self.vm_uuid)
         if state == ABANDONED:
-            return 500, "the relay is stopping; nothing is frozen"
+            return 500, "{}; nothing is frozen".format(self.abandoned_because)
         if self.refused:
             return 412, self.reason
         return 500, "quiesce failed, nothing is frozen: {}".format(self.reason)
 
+    def _abandon_quiescing(self, why):
+        with self.changed:
+            if self.state != QUIESCING:
+                return False
+            LOG.warning("VM %s: %s before the guest froze", self.vm_uuid, why)
+            self.state, self.abandoned_because = ABANDONED, why
+            self.changed.notify_all()
+            return True
+
     def post_sync(self):
+        if self._abandon_quiescing("/post-sync came before the guest froze (XO went on "
+                                   "without waiting)"):
+            return 200, "abandoned: the guest had not frozen; it is told so when it does"
         with self.changed:
             if self.state != FROZEN:
                 return 412, "nothing is frozen for VM {}".format(self.vm_uuid)
@@ -272,8 +295,9 @@ class Relay(object):
             if self.sessions.get(session.vm_uuid) is session:
                 del self.sessions[session.vm_uuid]
 
-    def answer(self, path, query):
-        """(code, text, headers) for GET `path`?`query` from an allowed client."""
+    def answer(self, path, query, client_gone=lambda: False):
+        """(code, text, headers) for GET `path`?`query` from an allowed client;
+        `client_gone()`: whether it hung up meanwhile."""
         try:
             vm_uuid = _vm_argument(query)
             with self.lock:
@@ -288,7 +312,7 @@ class Relay(object):
             if held is not None:
                 raise Refusal(409, "busy: VM {} is already held for a snapshot ({})".format(
                     vm_uuid, held.state))
-            return self._start(vm_uuid, path, query).sync() + ((),)
+            return self._start(vm_uuid, path, query).sync(client_gone) + ((),)
         except Refusal as refusal:
             return refusal.code, refusal.text, refusal.headers
         except HostError as error:
@@ -429,7 +453,14 @@ class _Handler(BaseHTTPRequestHandler):
         path, _, query = self.path.partition("?")
         if path not in ("/sync", "/post-sync"):
             return self._answer(404, "not found")
-        return self._answer(*relay.answer(path, query))
+        return self._answer(*relay.answer(path, query, self._client_gone))
+
+    def _client_gone(self):
+        """True once the client hung up (XO's AbortSignal closes the connection)."""
+        poller = select.poll()
+        poller.register(self.connection.fileno(), select.POLLRDHUP | select.POLLHUP |
+                        select.POLLERR)
+        return bool(poller.poll(0))
 
     def _refuse(self):
         if not self.server.relay.policy.allows(self.client_address[0],
