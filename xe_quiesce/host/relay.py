@@ -37,12 +37,14 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 from .. import tls
 from ..errors import QuiesceError
+from ..xenstore import XenstoreError
 from ..xo_hook import AccessPolicy, read_secret
 from . import companion
 from .snapwatchd_role import SnapshotResult
 from .xenapi_ops import (
     UUID_RE,
     HostError,
+    annotate,
     api_errors,
     describe,
     local_host_uuid,
@@ -121,8 +123,8 @@ class RelaySession(companion.SnapshotTaker):
                 settings, self.record, self,
                 timeout=self.relay.sync_timeout + self.relay.hold + REPORT_WAIT,
                 snapshot_timeout=self.relay.hold + REPORT_WAIT)
-            companion.annotate(self.api, self.api.VM.get_by_uuid(answer.snapuuid),
-                               companion.QUIESCED_TAG, {companion.MANIFEST_KEY: answer.snapid})
+            annotate(self.api, self.api.VM.get_by_uuid(answer.snapuuid), companion.QUIESCED_TAG,
+                     {companion.MANIFEST_KEY: answer.snapid})
             LOG.info("VM %s: quiesced snapshot %s", self.vm_uuid, answer.snapuuid)
         except companion.ConversationFailed as error:
             self._failed(str(error))
@@ -131,13 +133,15 @@ class RelaySession(companion.SnapshotTaker):
             self._failed(str(error))
         except xenapi().Failure as error:
             self._failed("XAPI: {}".format(describe(error)))
+        except XenstoreError as error:
+            self._failed("xenstore: {}".format(error))
         except Exception as error:  # logged with its traceback; XO gets one line
             LOG.exception("VM %s: the relay's session failed", self.vm_uuid)
             self._failed("internal error: {}".format(error))
         finally:
+            self.cleanup.close()  # the VM's lock: the next request may start
             self.relay.forget(self)
             self._to(DONE)
-            self.cleanup.close()
             try:
                 self.xapi_session.xenapi.session.logout()
             except Exception:  # the session may be gone with XAPI; nothing depends on it
