@@ -113,6 +113,16 @@ def relay_host_fixture(xenstored, loopfs, write_config, tmp_path,
 ALLOW_LOCAL = ("--allow-from", "127.0.0.0/8")
 
 
+def freeze_hook(tmp_path, name, at_freeze):
+    """The guest config's [hooks] section for one hook running `at_freeze` at freeze."""
+    hooks = tmp_path / "hooks.d"
+    hooks.mkdir(mode=0o755)
+    hook = hooks / name
+    hook.write_text('#!/bin/sh\n[ "$1" = freeze ] && {}\nexit 0\n'.format(at_freeze))
+    hook.chmod(0o755)
+    return "[hooks]\ndir = {}\n".format(hooks)
+
+
 def quiesced(host):
     return [snap for snap in host.snapshot_records()[0] if "quiesced" in snap["tags"]]
 
@@ -148,13 +158,8 @@ def test_sync_freezes_post_sync_thaws_and_tags_xos_snapshot(host):
 # -- the guest cannot quiesce -----------------------------------------------------------------
 
 def test_guest_that_cannot_quiesce_is_500_with_its_reason(host, tmp_path):
-    hooks = tmp_path / "hooks.d"
-    hooks.mkdir(mode=0o755)
-    hook = hooks / "10-db"
-    hook.write_text('#!/bin/sh\n[ "$1" = freeze ] && { echo "database lock refused" >&2; '
-                    'exit 3; }\nexit 0\n')
-    hook.chmod(0o755)
-    host.make_vm().start_guest(extra="[hooks]\ndir = {}\n".format(hooks))
+    host.make_vm().start_guest(extra=freeze_hook(
+        tmp_path, "10-db", '{ echo "database lock refused" >&2; exit 3; }'))
     relay = host.relay(*ALLOW_LOCAL)
     status, body, _ = relay.get("/sync", host.vm_uuid)
     assert status == 500

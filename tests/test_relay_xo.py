@@ -10,6 +10,7 @@ import pytest
 from tests.test_host_companion import xenapi_plugin_dir  # noqa: F401 (fixture)
 from tests.test_relay import (  # noqa: F401 (the host fixture)
     ALLOW_LOCAL,
+    freeze_hook,
     other_host_relay,
     quiesced,
     relay_host_fixture,
@@ -62,11 +63,7 @@ def test_xo_snapshot_through_the_relay_is_quiesced(host):
 
 
 def test_xo_gets_the_guests_reason_and_snapshots_anyway(host, tmp_path):
-    hooks = tmp_path / "hooks.d"
-    hooks.mkdir(mode=0o755)
-    (hooks / "10-db").write_text('#!/bin/sh\n[ "$1" = freeze ] && exit 4\nexit 0\n')
-    (hooks / "10-db").chmod(0o755)
-    host.make_vm().start_guest(extra="[hooks]\ndir = {}\n".format(hooks))
+    host.make_vm().start_guest(extra=freeze_hook(tmp_path, "10-db", "exit 4"))
     relay = host.relay(*ALLOW_LOCAL)
     xo = xo_snapshot(host, relay.port)
     try:
@@ -137,11 +134,7 @@ def test_xo_giving_up_on_sync_is_never_left_frozen(host, tmp_path):
     """XO aborts /sync at its syncHookTimeout while the guest's freeze hook still runs,
     and snapshots crash-consistent: the relay sees the hang-up, and the guest, once its
     hook is done and it freezes, is told snapshots-failed at once and thaws."""
-    hooks = tmp_path / "hooks.d"
-    hooks.mkdir(mode=0o755)
-    (hooks / "10-slow").write_text('#!/bin/sh\n[ "$1" = freeze ] && sleep 4\nexit 0\n')
-    (hooks / "10-slow").chmod(0o755)
-    host.make_vm().start_guest(extra="[hooks]\ndir = {}\n".format(hooks))
+    host.make_vm().start_guest(extra=freeze_hook(tmp_path, "10-slow", "sleep 4"))
     relay = host.relay(*ALLOW_LOCAL)
     xo = xo_snapshot(host, relay.port, sync_timeout=1500)
     try:
