@@ -44,21 +44,23 @@ log = logging.getLogger(__name__)
 TRIGGER = "xo"
 
 
-def read_secret(path):
-    """The shared secret; the file must be root's and unreadable by others."""
+def read_secret(path, label="[xo-sync-hook]"):
+    """The shared secret; the file must be root's and unreadable by others.
+
+    `label` names the setting in messages (the dom0 relay's is an option)."""
     try:
         info = os.stat(path)
         with open(path, "rb") as handle:
             secret = handle.read().strip()
     except OSError as error:
-        raise ConfigError("[xo-sync-hook] secret-file {}: {}".format(path, error.strerror))
+        raise ConfigError("{} secret-file {}: {}".format(label, path, error.strerror))
     if info.st_uid != 0 and info.st_uid != os.geteuid():
-        raise ConfigError("[xo-sync-hook] secret-file {} must be owned by root".format(path))
+        raise ConfigError("{} secret-file {} must be owned by root".format(label, path))
     if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError("[xo-sync-hook] secret-file {} must not be accessible to group or "
-                          "others (chmod 600)".format(path))
+        raise ConfigError("{} secret-file {} must not be accessible to group or "
+                          "others (chmod 600)".format(label, path))
     if not secret:
-        raise ConfigError("[xo-sync-hook] secret-file {} is empty".format(path))
+        raise ConfigError("{} secret-file {} is empty".format(label, path))
     return secret
 
 
