@@ -200,6 +200,31 @@ def test_cli_goes_through_the_daemon_and_busy_names_the_other_trigger(xo):
     assert xo.get("/post-sync")[0] == 200
 
 
+def test_cli_frozen_runs_the_command_inside_the_daemons_session(xo):
+    """`xe-quiesce frozen -- COMMAND` through the daemon: COMMAND runs while the daemon
+    holds the freeze (its own `status` says so), the thaw follows its exit, and its exit
+    status is ours."""
+    xo.start()
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    command = ("import json, subprocess, sys\n"
+               "sys.path.insert(0, {!r})\n"
+               "from tests.loopfs import is_frozen\n"
+               "status = subprocess.run([sys.executable, '-m', 'xe_quiesce.cli', 'status', "
+               "'--json', '--config', {!r}], stdout=subprocess.PIPE, check=True).stdout\n"
+               "print(json.dumps([json.loads(status)['daemon']['held_by_daemon'], "
+               "[is_frozen(p) for p in {!r}]]))\n"
+               "sys.exit(5)\n").format(repo, xo.config, xo.mounts)
+    result = subprocess.run(
+        [sys.executable, "-m", "xe_quiesce.cli", "frozen", "--config", xo.config, "--",
+         sys.executable, "-B", "-c", command], stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
+    assert result.returncode == 5, result.stderr
+    assert json.loads(result.stdout) == ["cli", [True, True]]
+    assert xo.frozen() == [False, False]
+    last = json.loads(xo.cli("status", "--json").stdout)["last"]["cli"]
+    assert last["result"] == "thawed"
+
+
 def test_xapi_session_makes_the_others_busy(xo):
     xo.start()
     answers = {}

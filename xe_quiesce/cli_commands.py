@@ -5,19 +5,24 @@ load in the commands that use them. `xe-quiesce thaw` runs while the guest is fr
 so its start-up is part of the frozen window.
 """
 import json
-import os
-import stat
 import sys
 import time
 
 import click
 
 from . import __version__, control, logbuffer
+from .cli_frozen import frozen
 from .cli_hooks import hooks
-from .cli_options import config_option, json_option, run_main
+from .cli_options import (
+    check_timeout,
+    config_option,
+    journal_for,
+    json_option,
+    on_frozen_file,
+    run_main,
+)
 from .cli_run import run
 from .config import load_config
-from .errors import QuiesceError
 
 # Seconds a control request may take beyond the work itself.
 CONTROL_MARGIN = 30.0
@@ -28,22 +33,6 @@ def _emit(data, as_json, human):
         click.echo(json.dumps(data, indent=2, sort_keys=True))
     else:
         human(data)
-
-
-def _journal(config, reconcile=True):
-    """The journal; leftovers of a dead session are reconciled first, as on every start."""
-    from .journal import Journal
-
-    journal = Journal(config.state.run_dir)
-    if reconcile:
-        try:
-            closed = journal.reconcile()
-        except PermissionError:
-            closed = None  # not root: nothing of ours can be frozen by this user
-        if closed:
-            click.echo("xe-quiesce: earlier session {} ({}): {}".format(
-                closed["session"], closed.get("trigger"), closed["message"]), err=True)
-    return journal
 
 
 @click.group()
@@ -65,7 +54,7 @@ def plan(config_file, as_json, root):
 
     config = load_config(config_file)
     if root == "/":
-        _journal(config)
+        journal_for(config)
     _emit(make_plan(config, root=root).to_dict(), as_json, _print_plan)
 
 
@@ -104,38 +93,25 @@ def freeze(config_file, as_json, timeout):
     otherwise this process freezes, leaves the guard holding the deadline, and exits.
     """
     config = load_config(config_file)
-    if timeout is not None and not 0 < timeout <= config.freeze.max_frozen:
-        raise QuiesceError("--timeout must be between 0 and [freeze] max-frozen ({:g} s)".format(
-            config.freeze.max_frozen))
+    check_timeout(config, timeout)
     try:
         summary = control.request(config.state.run_dir, "freeze",
                                   config.freeze.max_frozen + CONTROL_MARGIN, timeout=timeout)
     except control.NoDaemon:
         from .session import QuiesceSession  # before anything freezes
 
-        session = QuiesceSession(config, "cli", journal=_journal(config))
+        session = QuiesceSession(config, "cli", journal=journal_for(config))
         summary = session.start(timeout)
         session.detach()
-    if _on_frozen_file(sys.stdout, summary["frozen"]):
+    if on_frozen_file(sys.stdout, summary["frozen"]):
         # `xe-quiesce freeze >> /var/log/backup.log` with /var frozen: the write would wait
         # for the thaw, and the backup script with it, until the deadline.
-        if not _on_frozen_file(sys.stderr, summary["frozen"]):
+        if not on_frozen_file(sys.stderr, summary["frozen"]):
             click.echo("xe-quiesce: frozen (session {}); the summary is not written to "
                        "standard output, a file on a filesystem now frozen".format(
                            summary["session"]), err=True)
         return
     _emit(summary, as_json, _print_frozen)
-
-
-def _on_frozen_file(stream, mount_points):
-    """Whether `stream` is a regular file on one of these frozen filesystems (stat is a
-    read: it does not wait for the thaw)."""
-    try:
-        info = os.fstat(stream.fileno())
-        return stat.S_ISREG(info.st_mode) and any(
-            os.stat(point).st_dev == info.st_dev for point in mount_points)
-    except (AttributeError, OSError, ValueError):  # the freeze has happened: never fail it
-        return False
 
 
 def _print_frozen(summary):
@@ -160,7 +136,7 @@ def thaw(config_file, as_json):
         from .hooks import HookSet
         from .session import thaw_from_journal
 
-        closed = thaw_from_journal(_journal(config), HookSet.load(config))
+        closed = thaw_from_journal(journal_for(config), HookSet.load(config))
     for line in (closed or {}).get("deferred_log", []):
         click.echo(line, err=True)
     result = closed or {"result": "nothing-frozen", "message": "nothing was frozen"}
@@ -179,7 +155,7 @@ def status(config_file, as_json):
     except control.NoDaemon:
         daemon = {"running": False}
     data = {"version": __version__, "daemon": daemon}
-    data.update(_journal(config).status())
+    data.update(journal_for(config).status())
     _emit(data, as_json, _print_status)
 
 
@@ -206,6 +182,7 @@ def _print_status(data):
 
 cli.add_command(run)
 cli.add_command(hooks)
+cli.add_command(frozen)
 
 
 def main():
