@@ -225,6 +225,30 @@ def test_cli_frozen_runs_the_command_inside_the_daemons_session(xo):
     assert last["result"] == "thawed"
 
 
+def test_thaw_through_the_daemon_does_not_import_click(xo):
+    """`thaw` starts inside two-command scripts' frozen window: served without click
+    (python -X importtime lists every module loaded), printing what click's thaw prints."""
+    xo.start()
+    assert xo.cli("freeze").returncode == 0 and xo.frozen() == [True, True]
+    thaw = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "xe_quiesce.cli", "thaw", "--config",
+         xo.config], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        universal_newlines=True, timeout=60)
+    assert thaw.returncode == 0 and thaw.stdout == "thawed: thawed\n"
+    loaded = [line.split("|")[-1].strip() for line in thaw.stderr.splitlines()
+              if line.startswith("import time:")]
+    assert "xe_quiesce.control" in loaded and "click" not in loaded
+    assert [line for line in thaw.stderr.splitlines()
+            if not line.startswith("import time:")] == []
+    assert xo.frozen() == [False, False]
+    again = xo.cli("thaw", "--json")
+    assert json.loads(again.stdout) == {"result": "nothing-frozen",
+                                        "message": "nothing was frozen"}
+    bad = xo.cli("thaw", "--bogus")
+    assert bad.returncode == 2 and "no such option" in bad.stderr.lower()
+    assert "--bogus" in bad.stderr
+
+
 def test_xapi_session_makes_the_others_busy(xo):
     xo.start()
     answers = {}

@@ -1,5 +1,21 @@
-"""The `xe-quiesce` entry point (`python -m xe_quiesce.cli`, the console script)."""
-from .cli_commands import cli, main  # noqa: F401  (cli: the click group, for tests)
+"""The `xe-quiesce` entry point (`python -m xe_quiesce.cli`, the console script).
+
+It imports nothing heavy itself: `thaw` through the daemon is served without click
+(xe_quiesce/cli_thaw.py), everything else by click's commands (cli_commands.py).
+"""
+import sys
+
+
+def main():
+    from .cli_thaw import fast_thaw
+
+    status = fast_thaw(sys.argv[1:])
+    if status is not None:
+        sys.exit(status)
+    from .cli_commands import main as commands_main
+
+    commands_main()
+
 
 if __name__ == "__main__":
     main()

@@ -22,10 +22,8 @@ from .cli_options import (
     run_main,
 )
 from .cli_run import run
+from .cli_thaw import CONTROL_MARGIN, output
 from .config import load_config
-
-# Seconds a control request may take beyond the work itself.
-CONTROL_MARGIN = 30.0
 
 
 def _emit(data, as_json, human):
@@ -137,11 +135,10 @@ def thaw(config_file, as_json):
         from .session import thaw_from_journal
 
         closed = thaw_from_journal(journal_for(config), HookSet.load(config))
-    for line in (closed or {}).get("deferred_log", []):
+    errors, text = output(closed, as_json)
+    for line in errors:
         click.echo(line, err=True)
-    result = closed or {"result": "nothing-frozen", "message": "nothing was frozen"}
-    _emit(result, as_json, lambda data: click.echo("{}: {}".format(
-        data["result"], data.get("message") or "thawed")))
+    click.echo(text)
 
 
 @cli.command()

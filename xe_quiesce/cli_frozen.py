@@ -26,12 +26,11 @@ import click
 
 from . import control
 from .cli_options import check_timeout, config_option, journal_for, on_frozen_file
+from .cli_thaw import CONTROL_MARGIN
 from .config import load_config
 from .errors import QuiesceError
 from .hooks import hook_environment
 
-# Seconds a control request may take beyond the work itself (as for freeze and thaw).
-CONTROL_MARGIN = 30.0
 # Seconds between SIGTERM and SIGKILL for a command that outlived the deadline.
 GRACE = 5.0
 # Output kept per stream while frozen; beyond it COMMAND waits on its own write.
@@ -292,7 +291,9 @@ def _run(config, window, timeout):
         closed = hold.thaw()
     for line in (closed or {}).get("deferred_log", []):
         click.echo(line, err=True)
-    if closed and closed.get("result") != "thawed":
+    # At the deadline the guard thaws at the same moment as we do ("deadline-thawed").
+    expected = ("thawed",) if exited else ("thawed", "deadline-thawed")
+    if closed and closed.get("result") not in expected:
         click.echo("xe-quiesce: {}: {}".format(closed["result"], closed.get("message")),
                    err=True)
     if exited:
