@@ -7,7 +7,7 @@ import sys
 
 
 def main():
-    from .cli_thaw import fast_thaw
+    from .cli_fast import fast_thaw
 
     status = fast_thaw(sys.argv[1:])
     if status is not None:

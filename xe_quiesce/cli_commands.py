@@ -11,6 +11,7 @@ import time
 import click
 
 from . import __version__, control, logbuffer
+from .cli_fast import CONTROL_MARGIN, output
 from .cli_frozen import frozen
 from .cli_hooks import hooks
 from .cli_options import (
@@ -22,7 +23,6 @@ from .cli_options import (
     run_main,
 )
 from .cli_run import run
-from .cli_thaw import CONTROL_MARGIN, output
 from .config import load_config
 
 

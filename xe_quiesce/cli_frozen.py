@@ -25,8 +25,8 @@ import time
 import click
 
 from . import control
+from .cli_fast import CONTROL_MARGIN
 from .cli_options import check_timeout, config_option, journal_for, on_frozen_file
-from .cli_thaw import CONTROL_MARGIN
 from .config import load_config
 from .errors import QuiesceError
 from .hooks import hook_environment

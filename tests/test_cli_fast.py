@@ -1,7 +1,7 @@
 """The click-free `thaw` path: which command lines it takes (the rest go to click)."""
 import pytest
 
-from xe_quiesce.cli_thaw import output, parse
+from xe_quiesce.cli_fast import output, parse
 
 
 @pytest.mark.parametrize("args, parsed", [
