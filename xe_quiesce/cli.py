@@ -1,17 +1,19 @@
 """The `xe-quiesce` entry point (`python -m xe_quiesce.cli`, the console script).
 
-It imports nothing heavy itself: `thaw` through the daemon is served without click
-(xe_quiesce/cli_thaw.py), everything else by click's commands (cli_commands.py).
+It imports nothing heavy itself: `thaw` through the daemon and the daemon itself (`run`)
+are served without click (xe_quiesce/cli_fast.py), everything else by click's commands
+(cli_commands.py).
 """
 import sys
 
 
 def main():
-    from .cli_fast import fast_thaw
+    from .cli_fast import fast_run, fast_thaw
 
-    status = fast_thaw(sys.argv[1:])
-    if status is not None:
-        sys.exit(status)
+    for fast in (fast_thaw, fast_run):
+        status = fast(sys.argv[1:])
+        if status is not None:
+            sys.exit(status)
     from .cli_commands import main as commands_main
 
     commands_main()

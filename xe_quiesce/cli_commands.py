@@ -22,7 +22,7 @@ from .cli_options import (
     on_frozen_file,
     run_main,
 )
-from .cli_run import run
+from .cli_run import serve
 from .config import load_config
 
 
@@ -177,7 +177,23 @@ def _print_status(data):
             " ({})".format(last["message"]) if last.get("message") else ""))
 
 
-cli.add_command(run)
+@cli.command()
+@click.option("--xenstore", "uri", metavar="URI",
+              help="xenbus (default), xenbus:PATH or unix:PATH (a dom0 xenstored socket); "
+                   "default: [xenstore] uri.")
+@click.option("--domain-path", metavar="PATH",
+              help="Use this domain home instead of reading `domid` (needed on a dom0 "
+                   "socket); default: [xenstore] domain-path.")
+@config_option
+def run(uri, domain_path, config_file):
+    """Serve quiesce requests: the host's over xenstore, Xen Orchestra's sync hook, and
+    the local CLI's over the control socket (systemd Type=notify daemon).
+
+    A session left by a crashed daemon is reconciled at start.
+    """
+    serve(uri, domain_path, config_file)
+
+
 cli.add_command(hooks)
 cli.add_command(frozen)
 

@@ -1,38 +1,54 @@
-"""`xe-quiesce thaw` without click when the daemon answers: its start-up is in the window.
+"""`xe-quiesce thaw` and `xe-quiesce run` without click: start-up time and idle memory.
 
 Two-command scripts (`freeze`, their own steps, `thaw`) start `thaw` while everything is
-frozen, so every millisecond of its start-up is frozen time; click's import alone is
-about half of it. This path takes exactly the words `thaw`, `--json` and `--config FILE`
-(or `--config=FILE`), imports only the configuration and the control-socket client, and
-prints what click's `thaw` prints. Anything else (other commands, -v, --help, a word it
-does not know) and a thaw without a daemon (the journal, the hooks) go to click's
-commands, so usage errors and every other path stay exactly theirs.
+frozen, so every millisecond of its start-up is frozen time, and click's import alone is
+about half of it. The daemon (`run`) lives for the guest's lifetime, and click is
+3-4 MiB of its idle memory. These paths take exactly their command's own words (`thaw
+[--json] [--config FILE]`, `[-v] run [--xenstore URI] [--domain-path PATH] [--config
+FILE]`, also as --option=VALUE) and print what click's commands print. Anything else
+(other commands, --help, --version, a word they do not know) and a thaw without a daemon
+(the journal, the hooks) go to click's commands, so usage errors and every other path
+stay exactly theirs.
 """
 import json
 import sys
 
 # Seconds a control request may take beyond the work itself (every command's requests).
 CONTROL_MARGIN = 30.0
+PROG = "xe-quiesce"
+THAW_OPTIONS = {"--config": "config_file"}
+RUN_OPTIONS = {"--config": "config_file", "--xenstore": "uri",
+               "--domain-path": "domain_path"}
 
 
-def parse(args):
-    """(config_file, as_json) for `thaw [--json] [--config FILE]`, else None."""
-    if not args or args[0] != "thaw":
+def parse(args, command, options, flags=None, verbose_ok=False):
+    """The keyword arguments of `[-v] command [options]`, or None when the words are not
+    exactly that (click's parser then answers them)."""
+    words = list(args)
+    verbose = False
+    if verbose_ok and words and words[0] in ("-v", "--verbose"):
+        verbose = True
+        words.pop(0)
+    if not words or words[0] != command:
         return None
-    config_file, as_json = None, False
-    words = iter(args[1:])
-    for word in words:
-        if word == "--json":
-            as_json = True
-        elif word == "--config":
-            config_file = next(words, None)
-            if config_file is None:
+    parsed = {name: None for name in options.values()}
+    parsed.update({name: False for name in (flags or {}).values()})
+    if verbose_ok:
+        parsed["verbose"] = verbose
+    rest = iter(words[1:])
+    for word in rest:
+        name, _, value = word.partition("=")
+        if name in options and (value or "=" in word):
+            parsed[options[name]] = value
+        elif word in options:
+            parsed[options[word]] = next(rest, None)
+            if parsed[options[word]] is None:
                 return None
-        elif word.startswith("--config="):
-            config_file = word[len("--config="):]
+        elif flags and word in flags:
+            parsed[flags[word]] = True
         else:
             return None
-    return config_file, as_json
+    return parsed
 
 
 def output(closed, as_json):
@@ -45,28 +61,48 @@ def output(closed, as_json):
     return errors, "{}: {}".format(result["result"], result.get("message") or "thawed")
 
 
-def fast_thaw(args, prog_name="xe-quiesce"):
+def _error(error):
+    sys.stderr.write("{}: error: {}\n".format(PROG, error))
+    return 1
+
+
+def fast_thaw(args):
     """Serve `thaw` through the daemon and return its exit status; None: use click."""
-    parsed = parse(args)
+    parsed = parse(args, "thaw", THAW_OPTIONS, {"--json": "as_json"})
     if parsed is None:
         return None
     from . import control
     from .config import load_config
     from .errors import QuiesceError
 
-    config_file, as_json = parsed
     try:
-        config = load_config(config_file)
+        config = load_config(parsed["config_file"])
         closed = control.request(config.state.run_dir, "thaw", CONTROL_MARGIN)
     except control.NoDaemon:
         return None
     except QuiesceError as error:
-        sys.stderr.write("{}: error: {}\n".format(prog_name, error))
-        return 1
-    errors, text = output(closed, as_json)
+        return _error(error)
+    errors, text = output(closed, parsed["as_json"])
     for line in errors:
         sys.stderr.write(line + "\n")
     sys.stderr.flush()
     sys.stdout.write(text + "\n")
     sys.stdout.flush()
+    return 0
+
+
+def fast_run(args):
+    """Run the daemon and return its exit status; None: use click."""
+    parsed = parse(args, "run", RUN_OPTIONS, verbose_ok=True)
+    if parsed is None:
+        return None
+    from . import logbuffer
+    from .cli_run import serve
+    from .errors import QuiesceError
+
+    logbuffer.setup_logging(parsed.pop("verbose"))
+    try:
+        serve(**parsed)
+    except QuiesceError as error:
+        return _error(error)
     return 0

@@ -1,29 +1,15 @@
 """`xe-quiesce run`: the daemon answering the host's quiesce requests over xenstore.
 
-The daemon's modules (xenstore, HTTPS, the state machine) are imported when `run` runs,
-not when the command line loads: `xe-quiesce thaw` starts inside the frozen window.
+No click here: the daemon normally starts through cli_fast (click is 3-4 MiB of idle
+memory); click's `run` command (cli_commands.py) calls the same serve(). The daemon's
+modules (xenstore, the state machine) load when it runs, not when the command line loads.
 """
-import click
-
-from .cli_options import config_option
 from .config import load_config
 from .errors import QuiesceError
 
 
-@click.command()
-@click.option("--xenstore", "uri", metavar="URI",
-              help="xenbus (default), xenbus:PATH or unix:PATH (a dom0 xenstored socket); "
-                   "default: [xenstore] uri.")
-@click.option("--domain-path", metavar="PATH",
-              help="Use this domain home instead of reading `domid` (needed on a dom0 "
-                   "socket); default: [xenstore] domain-path.")
-@config_option
-def run(uri, domain_path, config_file):
-    """Serve quiesce requests: the host's over xenstore, Xen Orchestra's sync hook, and
-    the local CLI's over the control socket (systemd Type=notify daemon).
-
-    A session left by a crashed daemon is reconciled at start.
-    """
+def serve(uri=None, domain_path=None, config_file=None):
+    """Serve quiesce requests until SIGTERM/SIGINT; a QuiesceError is the admin's."""
     from .daemon import Daemon
     from .xenstore import XenstoreClient, XenstoreError
 
