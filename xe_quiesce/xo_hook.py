@@ -13,23 +13,21 @@ thawed again); 403 for a client that fails the checks; 404 for other paths and m
 thaws (XO skips /post-sync whenever its snapshot call fails).
 """
 import base64
-import hmac
 import ipaddress
 import logging
 import os
 import select
 import socket
-import socketserver
 import stat
 import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 from .errors import BusyError, ConfigError, QuiesceError
-from .tls import certificate_pair, fingerprint, server_context
+from .tls import certificate_pair, check_pair
 
 log = logging.getLogger(__name__)
 
 TRIGGER = "xo"
+LISTEN_BACKLOG = 5
 
 
 def read_secret(path):
@@ -64,91 +62,35 @@ class AccessPolicy(object):
         if self.networks and not any(client in network for network in self.networks):
             return False
         if self.expected is not None:
+            import hmac  # loaded already with the HTTPS side (xo_http), which calls this
+
             given = (authorization or "").encode("latin-1", "replace")
             return hmac.compare_digest(given, self.expected)
         return True
 
 
-class _Server(socketserver.ThreadingMixIn, HTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, address, family, hook):
-        self.address_family = family
-        self.hook = hook
-        HTTPServer.__init__(self, address, _Handler, bind_and_activate=False)
-        if family == socket.AF_INET6 and address[0] in ("", "::"):
-            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        try:
-            self.server_bind()
-            self.server_activate()
-        except OSError:
-            self.server_close()
-            raise
-
-    def handle_error(self, request, client_address):
-        log.info("sync hook: connection from %s failed", client_address[0], exc_info=True)
-
-    def serve_until(self, stop_fd):
-        """Accept until `stop_fd` is readable. socketserver's serve_forever wakes every
-        0.5 s to look for a shutdown request; this blocks until something happens."""
-        while True:
-            try:
-                ready = select.select([self.socket, stop_fd], [], [])[0]
-            except InterruptedError:
-                continue
-            if stop_fd in ready:
-                return
-            self.handle_request()
-
-    def get_request(self):
-        conn, address = self.socket.accept()
-        return self.hook.context.wrap_socket(conn, server_side=True,
-                                             do_handshake_on_connect=False), address
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server_version = "xe-quiesce"
-    sys_version = ""
-    timeout = 30
-
-    def setup(self):
-        BaseHTTPRequestHandler.setup(self)
-        self.connection.do_handshake()
-
-    def log_message(self, fmt, *args):
-        log.info("sync hook %s: " + fmt, self.client_address[0], *args)
-
-    def _answer(self, code, text):
-        body = (text + "\n").encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "text/plain")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_GET(self):
-        hook = self.server.hook
-        if not hook.policy.allows(self.client_address[0], self.headers.get("Authorization")):
-            return self._answer(403, "forbidden")
-        path = self.path.split("?")[0]
-        if path == "/sync":
-            return self._answer(*hook.sync())
-        if path == "/post-sync":
-            return self._answer(*hook.post_sync())
-        return self._answer(404, "not found")
-
-    def _not_found(self):
-        if not self.server.hook.policy.allows(self.client_address[0],
-                                              self.headers.get("Authorization")):
-            return self._answer(403, "forbidden")
-        return self._answer(404, "not found")
-
-    do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = do_OPTIONS = _not_found
+def _listen(address, port, family):
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6 and address in ("", "::"):
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind((address, port))
+        sock.listen(LISTEN_BACKLOG)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 class SyncHook(object):
-    """The listener and what its two paths do through the daemon's coordinator."""
+    """The listener and what its two paths do through the daemon's coordinator.
+
+    Idle, it is listening sockets and threads blocked in select(): the HTTPS side (ssl,
+    http.server: about 5 MiB of the daemon's memory) loads at the first connection
+    (xo_http.py) and stays. The certificate pair is checked at start all the same, in a
+    child process (tls.check_pair).
+    """
 
     def __init__(self, config, coordinator):
         self.config = config
@@ -157,9 +99,10 @@ class SyncHook(object):
         self.servers = []
         self.threads = []
         self._stop_pipe = None
-        self.cert = None
+        self.cert = self.key = self._fingerprint = None
         self.context = None
         self.policy = None
+        self._context_lock = threading.Lock()
 
     def off_reason(self):
         if not self.xo.allow_from and not self.xo.secret_file:
@@ -175,13 +118,13 @@ class SyncHook(object):
             return False
         secret = read_secret(self.xo.secret_file) if self.xo.secret_file else None
         self.policy = AccessPolicy(self.xo.allow_from, secret)
-        self.cert, key = certificate_pair(self.xo)
-        self.context = server_context(self.cert, key)
+        self.cert, self.key = certificate_pair(self.xo)
+        self._fingerprint = check_pair(self.cert, self.key)
         self._stop_pipe = os.pipe()
         for address, family in self._addresses():
-            server = _Server((address, self.xo.port), family, self)
+            server = _listen(address, self.xo.port, family)
             self.servers.append(server)
-            thread = threading.Thread(target=server.serve_until, args=(self._stop_pipe[0],),
+            thread = threading.Thread(target=self._serve_until, args=(server,),
                                       name="xe-quiesce-xo", daemon=True)
             thread.start()
             self.threads.append(thread)
@@ -202,7 +145,44 @@ class SyncHook(object):
         return [("0.0.0.0", socket.AF_INET)]
 
     def fingerprint(self):
-        return fingerprint(self.cert) if self.cert else None
+        return self._fingerprint
+
+    def _serve_until(self, server):
+        """Accept until the stop pipe is readable, blocked with no timeout (no wake-ups
+        while idle); one thread per connection."""
+        stop_fd = self._stop_pipe[0]
+        while True:
+            try:
+                ready = select.select([server, stop_fd], [], [])[0]
+            except InterruptedError:
+                continue
+            if stop_fd in ready:
+                return
+            try:
+                conn, address = server.accept()
+            except OSError:
+                continue
+            threading.Thread(target=self._connection, args=(conn, address),
+                             daemon=True).start()
+
+    def _connection(self, conn, address):
+        try:
+            from .xo_http import serve_connection  # the HTTPS side, at the first connection
+
+            serve_connection(self, conn, address)
+        except Exception:
+            log.info("sync hook: connection from %s failed", address[0], exc_info=True)
+        finally:
+            conn.close()
+
+    def tls_context(self):
+        """The server's TLS context, made at the first connection and kept."""
+        with self._context_lock:
+            if self.context is None:
+                from .tls import server_context
+
+                self.context = server_context(self.cert, self.key)
+            return self.context
 
     def stop(self):
         if self._stop_pipe is None:
@@ -211,7 +191,7 @@ class SyncHook(object):
         for thread in self.threads:
             thread.join()
         for server in self.servers:
-            server.server_close()
+            server.close()
         for fd in self._stop_pipe:
             os.close(fd)
         self.servers, self.threads, self._stop_pipe = [], [], None
