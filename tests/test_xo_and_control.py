@@ -276,6 +276,23 @@ def test_post_sync_is_served_while_frozen_with_the_log_on_a_frozen_filesystem(xo
     assert xo.frozen() == [False, False]
 
 
+def test_idle_daemon_loads_tls_and_psutil_only_when_needed(xo):
+    """Idle memory: OpenSSL (ssl, hashlib) and psutil are extension modules, so their
+    shared objects in /proc/PID/maps show whether the daemon loaded them."""
+    xo.start()
+    libraries = ("_ssl.", "_hashlib.", "_psutil_linux.")
+
+    def mapped():
+        with open("/proc/{}/maps".format(xo.daemon.process.pid)) as handle:
+            maps = handle.read()
+        return {lib for lib in libraries if lib in maps}
+
+    assert mapped() == set()
+    assert xo.get("/sync")[0] == 200 and xo.frozen() == [True, True]
+    assert mapped() == set(libraries)
+    assert xo.get("/post-sync")[0] == 200 and xo.frozen() == [False, False]
+
+
 def test_idle_daemon_has_no_timed_waits_and_stops_at_once(xo):
     """Idle, every thread of the daemon (xenstore loop, XO listener, control socket)
     blocks with no timeout; SIGTERM still ends it at once (a wake-up pipe)."""
