@@ -3,8 +3,9 @@
 The full run is not part of `make test` (it takes ~20 min); this runs the same phases
 with the smoke profile in well under 30 s: raw floor, fsfreeze, qemu-ga when installed
 (only `make bench` installs it), every trigger of the real daemon, unsynced data, who
-thaws what, the late-reaper comparison, the kernel tracepoints' timing of every run, idle measurement, two agents at scale, the
-report, and the plots where Debian's matplotlib is present.
+thaws what, the late-reaper comparison, the kernel tracepoints' view of every run, idle
+measurement, two agents at scale, the report, and the plots where Debian's matplotlib
+is present.
 """
 import json
 import os
