@@ -368,8 +368,10 @@ class Report(object):
         met = value <= limit
         if unit == "×":
             shown = "{} ({})".format(times(value), detail)
-            miss = "missed by {} ({:.0f}% over)".format(times(value - limit),
-                                                         100 * (value / limit - 1))
+            over = value - limit
+            miss = "missed by {} ({:.{}f}% over)".format(
+                times(over) if over >= 0.005 else "{:.3f}×".format(over),
+                100 * (value / limit - 1), 0 if over >= 0.005 else 1)
         else:
             shown = detail
             miss = "missed by {:.1f}{}".format(
@@ -390,10 +392,12 @@ class Report(object):
         if conc is not None:
             text += ("; bare concurrent ioctls (no agent) take {} ms = {} of the floor"
                      .format(ms(conc), times(ratio(conc, floor))))
-        if trigger in ("cli", "xo"):
-            text += ("; the hold includes the thaw request's own cost ({})".format(
-                "a second `xe-quiesce` process start" if trigger == "cli"
-                else "a new HTTPS connection and TLS handshake for /post-sync"))
+        costs = {"cli": "a second `xe-quiesce` process start",
+                 "xo": "a new HTTPS connection and TLS handshake for /post-sync",
+                 "frozen": "starting COMMAND (fork, exec), its exit, a control request"}
+        if trigger in costs:
+            text += "; the hold includes the thaw request's own cost ({})".format(
+                costs[trigger])
         return text
 
     def external_why(self, n):
