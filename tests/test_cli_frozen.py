@@ -13,6 +13,7 @@ import sys
 import pytest
 
 from tests.loopfs import is_frozen
+from tests.waiting import wait_until
 from xe_quiesce import cli_frozen
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -21,6 +22,7 @@ PROBE = r"""
 import json, os, signal, sys, time
 sys.path.insert(0, {repo!r})
 from tests.loopfs import is_frozen
+from tests.waiting import wait_until
 
 mounts, record, mode = sys.argv[1].split(), sys.argv[2], sys.argv[3]
 
@@ -64,7 +66,11 @@ def probe(tmp_path):
     def events():
         return [json.loads(line) for line in record.read_text().splitlines()]
 
+    def events_so_far():
+        return record.exists() and events()
+
     command.events = events
+    command.events_so_far = events_so_far
     return command
 
 
@@ -132,6 +138,28 @@ def test_a_command_that_stops_on_sigterm_is_not_killed(loopfs, write_config, xe_
     assert result.returncode == cli_frozen.DEADLINE_STATUS
     assert result.stderr.rstrip().endswith("outlived the deadline: thawed, sent SIGTERM")
     assert not is_frozen(fs.mount_point)
+
+
+def test_sigterm_to_us_thaws_at_once_and_passes_it_on(loopfs, write_config, probe):
+    """The admin (or a service manager) stopping `xe-quiesce frozen` thaws now; COMMAND
+    gets the same signal; the exit status says which."""
+    fs = loopfs("ext4")
+    config = write_config([fs.mount_point], max_frozen=60)
+    frozen = subprocess.Popen(
+        [sys.executable, "-m", "xe_quiesce.cli", "frozen", "--config", config] +
+        probe([fs.mount_point], "stop"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        universal_newlines=True)
+    try:
+        wait_until(lambda: probe.events_so_far(), 30, "the command running frozen")
+        frozen.send_signal(signal.SIGTERM)
+        out, _ = frozen.communicate(timeout=30)
+    finally:
+        if frozen.poll() is None:
+            frozen.kill()
+            frozen.wait()
+    assert frozen.returncode == 128 + signal.SIGTERM
+    assert [e["event"] for e in probe.events()] == ["running", "thawed-while-running"]
+    assert out == "to stdout\n" and not is_frozen(fs.mount_point)
 
 
 def test_a_missing_command_freezes_nothing(loopfs, write_config, xe_quiesce):
