@@ -10,7 +10,6 @@ DEPS_NEWEST := click psutil pyxs
 DEPS_OLDEST := click==6.7 psutil==5.4.8 pyxs==0.4.1
 TEST_TOOLS := pytest vermin ruff XenAPI
 APT_STAMP := /var/cache/xe-quiesce/apt.stamp
-APT_PACKAGES = $(shell cat .ci/apt/*.txt | sed 's/\#.*//')
 ARTIFACTS := artifacts
 PYTEST_ARGS ?=
 
@@ -18,11 +17,21 @@ PYTEST_ARGS ?=
 
 all: test
 
+# apt_install LISTS: the packages of those .ci/apt lists (waiting for dpkg's lock).
+define apt_install
+	apt-get update -qq -o DPkg::Lock::Timeout=900
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=900 --no-install-recommends $(shell cat $(1) | sed 's/\#.*//') >/dev/null
+	mkdir -p $(dir $@) && touch $@
+endef
+
 apt: $(APT_STAMP)
 $(APT_STAMP): $(wildcard .ci/apt/*.txt)
-	apt-get update -qq -o DPkg::Lock::Timeout=900
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=900 --no-install-recommends $(APT_PACKAGES) >/dev/null
-	mkdir -p $(dir $@) && touch $@
+	$(call apt_install,$^)
+
+# The demo installs only what it uses: its own list and the xenstore rig's.
+APT_DEMO_STAMP := /var/cache/xe-quiesce/apt-demo.stamp
+$(APT_DEMO_STAMP): .ci/apt/demo.txt .ci/apt/xenstore.txt
+	$(call apt_install,$^)
 
 $(VENV)/stamp: setup.cfg setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -54,7 +63,7 @@ unit: unit-newest unit-oldest
 
 test: deps lint unit test-packaging test-e2e
 
-demo: deps
+demo: $(APT_DEMO_STAMP) $(VENV)/stamp
 	$(VENV)/bin/python -m tests.demo
 
 clean:

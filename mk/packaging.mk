@@ -1,7 +1,10 @@
 # Distro packages and service integration (issue 6).
 #   make deb               .deb (and .dsc) via dpkg-buildpackage in build/packaging/deb,
 #                          copied to build/packages/ (never into the repo's parent)
-#   make rpm               .rpm (systemd, and the sysvinit/chkconfig variant) -> build/packages/
+#   make rpm               one .rpm per target in RPM_TARGETS (el8 el9 el10 fc42 fc43: each for
+#                          that target's Python), the sysvinit/chkconfig variant, and the
+#                          .src.rpm that `rpmbuild --rebuild` turns into the target's own
+#                          package -> build/packages/
 #   make install DESTDIR=  for distros without our packages (Alpine, Arch, Gentoo)
 #   make lint-packaging    lintian, rpmlint, shellcheck, sh -n, systemd-analyze verify
 #   make test-packaging    the packaging tests (Debian chroots, rpm metadata); builds first
@@ -45,21 +48,38 @@ $(PYXS_SDIST):
 	env PATH=$(SYS_PATH) python3 -m pip download -q --no-deps --no-binary :all: \
 		-d $(PYXS_CACHE) pyxs==$(PYXS_VERSION)
 
-# Two builds: the systemd package, and (dist tag .sysv) the chkconfig variant that
-# EL6-style systems get, so its scriptlets are built and checked here too.
+# What each target's python3 is, and its dist tag and distro macro: the spec picks
+# the dependencies (required or bundled) from rhel/fedora. EL 8 runs our command
+# with platform-python (the spec sets that). Fedora 42 has Python 3.13 (Debian
+# trixie's, so its install test runs), Fedora 43 has 3.14.
+RPM_TARGETS := el8 el9 el10 fc42 fc43
+RPM_DEFINES_el8 := --define "dist .el8" --define "rhel 8" --define "python3_version 3.6"
+RPM_DEFINES_el9 := --define "dist .el9" --define "rhel 9" --define "python3_version 3.9"
+RPM_DEFINES_el10 := --define "dist .el10" --define "rhel 10" --define "python3_version 3.12"
+RPM_DEFINES_fc42 := --define "dist .fc42" --define "fedora 42" --define "python3_version 3.13"
+RPM_DEFINES_fc43 := --define "dist .fc43" --define "fedora 43" --define "python3_version 3.14"
 # --nodeps: Debian's rpm database is empty, so no BuildRequires can be met here.
 # Debian's rpm runs brp-compress, a bash script, with sh: run it with bash.
-RPMBUILD = env PATH=$(SYS_PATH) rpmbuild -bb --nodeps --quiet --define "_topdir $(PKG_BUILD)/rpm" \
+# setup.py runs with Debian's python3 (build_python3), installing into the target's
+# site-packages.
+RPM_COMMON = --nodeps --quiet --define "_topdir $(PKG_BUILD)/rpm" \
 	--define "upstream_version $(PKG_VERSION)" --define "__brp_compress bash /usr/lib/rpm/brp-compress"
-rpm: apt $(PYXS_SDIST)
+RPMBUILD = env PATH=$(SYS_PATH) rpmbuild -bb $(RPM_COMMON)
+RPM_CROSS = --define "build_python3 /usr/bin/python3"
+# The click that EL 9/10 get bundled: the dom0 package's (host.mk, parsed first).
+CLICK_SDIST = $(HOST_CACHE)/click-$(HOST_CLICK_VERSION).tar.gz
+rpm: apt $(PYXS_SDIST) $(CLICK_SDIST)
 	rm -rf $(PKG_BUILD)/rpm && mkdir -p $(PKG_BUILD)/rpm/SOURCES $(PKG_OUT)
-	cp $(PYXS_SDIST) $(PKG_BUILD)/rpm/SOURCES/
+	cp $(PYXS_SDIST) $(CLICK_SDIST) $(PKG_BUILD)/rpm/SOURCES/
 	tar -czf $(PKG_BUILD)/rpm/SOURCES/$(PKG_NAME)-$(PKG_VERSION).tar.gz $(TREE_EXCLUDES) \
 		--transform 's,^\.,$(PKG_NAME)-$(PKG_VERSION),' .
-	$(RPMBUILD) rpm/$(PKG_NAME).spec
-	$(RPMBUILD) --without systemd --define "dist .sysv" rpm/$(PKG_NAME).spec
+	env PATH=$(SYS_PATH) rpmbuild -bs $(RPM_COMMON) --define "dist %{nil}" rpm/$(PKG_NAME).spec
+	set -e; $(foreach t,$(RPM_TARGETS),$(RPMBUILD) $(RPM_CROSS) $(RPM_DEFINES_$(t)) rpm/$(PKG_NAME).spec;)
+	# The chkconfig variant (EL6-style systems), so its scriptlets are built and checked.
+	$(RPMBUILD) $(RPM_CROSS) $(RPM_DEFINES_el9) --without systemd --define "dist .sysv" \
+		rpm/$(PKG_NAME).spec
 	rm -f $(PKG_OUT)/$(PKG_NAME)-*.rpm
-	cp $(PKG_BUILD)/rpm/RPMS/noarch/*.rpm $(PKG_OUT)/
+	cp $(PKG_BUILD)/rpm/RPMS/noarch/*.rpm $(PKG_BUILD)/rpm/SRPMS/*.src.rpm $(PKG_OUT)/
 
 install:
 	$(PYTHON) -m pip install --no-deps --no-build-isolation --no-warn-script-location \
@@ -75,6 +95,10 @@ install:
 	sed 's,/usr/bin/xe-quiesce,$(BINDIR)/xe-quiesce,' init/systemd/xe-quiesce.service \
 		>"$(DESTDIR)$(UNITDIR)/xe-quiesce.service"
 	chmod 0644 "$(DESTDIR)$(UNITDIR)/xe-quiesce.service"
+	for unit in xe-linux-distribution.service xe-daemon.service xen-guest-agent.service; do \
+		install -D -m 0644 init/systemd/guest-tools-dropin.conf \
+			"$(DESTDIR)$(UNITDIR)/$$unit.d/xe-quiesce.conf"; \
+	done
 	sed 's,/usr/bin/xe-quiesce,$(BINDIR)/xe-quiesce,' init/$(INIT_SCRIPT)/xe-quiesce \
 		>"$(DESTDIR)$(INITDIR)/xe-quiesce"
 	chmod 0755 "$(DESTDIR)$(INITDIR)/xe-quiesce"

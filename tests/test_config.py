@@ -95,8 +95,8 @@ def test_cli_reports_a_bad_file_without_traceback(tmp_path, xe_quiesce):
     result = xe_quiesce("plan", "--config", str(path))
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        "xe-quiesce: error: {}: [freeze] max-frozen = 'never': could not convert string "
-        "to float: 'never'".format(path)]
+        "xe-quiesce: error: {}: [freeze] max-frozen = 'never': must be a number of seconds "
+        "between 0 and 86400".format(path)]
 
 
 def test_the_shipped_default_file_parses_to_the_defaults():

@@ -1,6 +1,6 @@
 """The guest's conversation state machine, without I/O: every transition, every failure.
 
-The expected xenstore operations are the contract's (xapi-quiesce-protocol.md): the
+The expected xenstore operations are the contract's (docs/xapi-protocol.md): the
 success path section a, the guest's answers to the failure modes of section b, and
 the rules of section e (C/error before the status, status last, no
 create-snapshotinfo, busy answered and not queued).
@@ -80,7 +80,7 @@ def to_resolving(m):
 
 def to_listing(m):
     to_resolving(m)
-    return m.handle(cv.VssRead(V, None))
+    return m.handle(cv.VssRead(V, None, "7"))
 
 
 def to_quiescing(m):
@@ -120,7 +120,7 @@ def fail_frozen(m, event):
 
 def test_success_path_keys_values_and_order_are_the_contracts():
     m = new()
-    steps = [to_resolving(m), m.handle(cv.VssRead(V, None)), m.handle(cv.VbdsRead(VBDS)),
+    steps = [to_resolving(m), m.handle(cv.VssRead(V, None, "7")), m.handle(cv.VbdsRead(VBDS)),
              m.handle(cv.QuiesceOk(SUMMARY, FILESYSTEMS)),
              m.handle(cv.StatusSeen("create-snapshots")),  # our own write, echoed
              m.handle(cv.StatusSeen("snapshots-created")), m.handle(cv.Thawed(THAWED))]
@@ -149,10 +149,64 @@ def test_success_path_keys_values_and_order_are_the_contracts():
     assert kinds(steps[3])[-1] == "AwaitStatus" and steps[3][-1].path == V + "/status"
 
 
-def test_action_is_deleted_first_as_the_acknowledgement():
+def test_action_is_deleted_first_as_the_acknowledgement_once_journaled():
     commands = to_resolving(new())
-    assert commands[0] == cv.Rm(C + "/action")
+    assert commands[0] == cv.Record({"control": C, "report": None})
+    assert commands[1] == cv.Rm(C + "/action")
     assert kinds(commands)[-1] == "ReadVss"
+
+
+def answer_journaled_first(commands):
+    """The Record before the first write to C holds exactly the C writes that follow."""
+    to_c = [i for i, c in enumerate(commands) if isinstance(c, (cv.Write, cv.Rm))
+            and c.path.startswith(C)]
+    records = [i for i, c in enumerate(commands) if isinstance(c, cv.Record) and c.request]
+    assert records and records[0] < to_c[0]
+    report = commands[records[0]].request["report"]
+    assert [tuple(op) for op in report] == [op for op in xs(commands) if op[1].startswith(C)]
+    closed = [i for i, c in enumerate(commands) if c == cv.Record(None)]
+    assert closed and closed[0] > to_c[-1]
+    return report
+
+
+def test_success_and_error_answers_are_journaled_before_they_are_written():
+    m = new()
+    to_collecting(m)
+    report = answer_journaled_first(collect(m))
+    assert report[-1] == ["write", C + "/status", "snapshot-created"]
+    m = new()
+    to_resolving(m)
+    report = answer_journaled_first(m.handle(cv.VssRead(None, None, None)))
+    assert report[-1] == ["write", C + "/status", "snapshot-error"]
+
+
+def test_busy_answer_is_journaled_before_the_second_action_is_deleted():
+    m = new()
+    to_frozen(m)
+    commands = m.handle(cv.ActionSeen("create-snapshot"))
+    assert kinds(commands)[:2] == ["Record", "Rm"]
+    assert commands[0].request["report"][-1] == ["write", C + "/status", "snapshot-error"]
+
+
+@pytest.mark.parametrize("owner, text", [
+    ("", "does not exist"), ("0", "belongs to domain 0"), (None, "another domain")])
+def test_vss_that_is_missing_or_not_the_guests_is_refused_before_freezing(owner, text):
+    m = new()
+    to_resolving(m)
+    commands = m.handle(cv.VssRead(V, None, owner))
+    assert_error_reported(commands, "bad-request", text)
+    assert "StartSession" not in kinds(commands)
+
+
+def test_recover_replays_the_journaled_answer_to_a_waiting_host():
+    m = new()
+    to_collecting(m)
+    report = answer_journaled_first(collect(m))
+    commands = new().recover({"control": C, "report": report}, V, host_waiting=True)
+    assert [op for op in xs(commands) if op[1].startswith(C)] == [tuple(op) for op in report]
+    assert commands[-1] == cv.Record(None)
+    again = new().recover({"control": C, "report": report}, V, host_waiting=False)
+    assert [op for op in xs(again) if op[1].startswith(C)] == []  # never twice
 
 
 def test_cdroms_are_left_out_and_the_machine_is_reusable():
@@ -243,7 +297,7 @@ def test_after_a_busy_answer_a_failure_reports_nothing_to_c_either():
 def test_garbage_vss_is_a_clear_error_and_nothing_is_frozen(value, error, text):
     m = new()
     to_resolving(m)
-    commands = m.handle(cv.VssRead(value, error))
+    commands = m.handle(cv.VssRead(value, error, "7"))
     assert_error_reported(commands, "bad-request", text)
     assert "StartSession" not in kinds(commands) and "Thaw" not in kinds(commands)
     assert [op for op in xs(commands) if op[1].startswith("/vss")] == []  # V unknown
@@ -470,10 +524,10 @@ def test_every_transition_is_exercised_and_create_snapshotinfo_never_sent(monkey
 
 
 def test_recover_after_a_crash_clears_v_and_answers_a_waiting_host():
-    commands = new().recover(V, host_waiting=True)
+    commands = new().recover(None, V, host_waiting=True)
     assert [op for op in xs(commands) if op[0] == "rm"] == V_CLEANUP
     assert_error_reported(commands, "restarted", "restarted during this request")
 
 
 def test_recover_leaves_the_host_alone_when_it_does_not_wait():
-    assert xs(new().recover(None, host_waiting=False)) == []
+    assert xs(new().recover(None, None, host_waiting=False)) == []

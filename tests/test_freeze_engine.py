@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -11,6 +12,8 @@ import pytest
 from tests.loopfs import is_frozen, run
 from xe_quiesce.config import parse_config
 from xe_quiesce.errors import BusyError, FreezeError
+from xe_quiesce.freezer import NOT_ATTEMPTED, Freezer
+from xe_quiesce.fsops import FsOps
 from xe_quiesce.journal import Journal
 from xe_quiesce.session import QuiesceSession, make_plan
 
@@ -315,3 +318,69 @@ def test_a_journal_write_failing_after_the_freeze_thaws_at_once(loopfs, config_f
         session.start()
     assert not is_frozen(fs.mount_point)
     assert session.journal.read()["result"] == "failed"
+
+
+class RecordingOps(FsOps):
+    """The real kernel calls, noting which thread made each."""
+
+    def __init__(self):
+        self.calls = []
+
+    def syncfs(self, fd):
+        self.calls.append(("syncfs", fd, threading.get_ident()))
+        FsOps.syncfs(self, fd)
+
+    def freeze(self, fd):
+        self.calls.append(("freeze", fd, threading.get_ident()))
+        FsOps.freeze(self, fd)
+
+
+def test_each_filesystem_is_synced_and_frozen_by_one_thread_started_before_the_window(
+        loopfs, config_for, monkeypatch):
+    """The syncfs pass starts the freeze threads; freeze() starts none (a thread start
+    inside the window would delay the later FIFREEZEs)."""
+    a, b, c = loopfs("ext4", name="a"), loopfs("xfs", name="b"), loopfs("ext4", name="c")
+    config = config_for([a.mount_point, b.mount_point, c.mount_point])
+    ops = RecordingOps()
+    session = QuiesceSession(config, "cli", hooks=False, ops=ops)
+    started = []
+    real_start = threading.Thread.start
+    monkeypatch.setattr(threading.Thread, "start",
+                        lambda thread: (started.append(thread.name), real_start(thread))[1])
+    real_freeze = Freezer.freeze
+
+    def freeze(self, guard, deadline):
+        started.append("freeze() begins")
+        return real_freeze(self, guard, deadline)
+
+    monkeypatch.setattr(Freezer, "freeze", freeze)
+    session.start()
+    try:
+        assert started[-1] == "freeze() begins"
+        assert len([name for name in started if name.startswith("xe-quiesce-")]) == 3
+        by_fd = {}
+        for call, fd, thread in ops.calls:
+            by_fd.setdefault(fd, {})[call] = thread
+        assert len(by_fd) == 3
+        assert all(calls["syncfs"] == calls["freeze"] for calls in by_fd.values())
+        assert len({calls["freeze"] for calls in by_fd.values()}) == 3
+    finally:
+        session.thaw()
+    assert not any(is_frozen(fs.mount_point) for fs in (a, b, c))
+
+
+def test_threads_started_for_a_freeze_that_never_comes_end_and_freeze_nothing(
+        loopfs, config_for):
+    a, b = loopfs("ext4", name="a"), loopfs("xfs", name="b")
+    plan = make_plan(config_for([a.mount_point, b.mount_point]))
+    freezer = Freezer(plan)
+    freezer.open()
+    freezer.sync()
+    workers = list(freezer._workers)
+    assert len(workers) == 2 and all(thread.is_alive() for thread in workers)
+    freezer.close()
+    for thread in workers:
+        thread.join(10)
+    assert not any(thread.is_alive() for thread in workers)
+    assert not is_frozen(a.mount_point) and not is_frozen(b.mount_point)
+    assert [state.status for state in freezer.states] == [NOT_ATTEMPTED, NOT_ATTEMPTED]

@@ -53,9 +53,12 @@ class XoRig(object):
             self.snapshot_hold()
         return SnapshotResult(str(uuid.uuid4()), {vdi: str(uuid.uuid4()) for vdi in vdis})
 
-    def start(self, allow_from="127.0.0.1 ::1", secret=False, max_frozen=10, log_path=None):
+    def start(self, allow_from="127.0.0.1 ::1", secret=False, max_frozen=10, log_path=None,
+              sync_timeout=None, hooks=""):
         lines = ["[xo-sync-hook]", "port = {}".format(self.port),
                  "tls-dir = {}".format(self.tmp_path / "tls")]
+        if sync_timeout:
+            lines.append("sync-timeout = {}".format(sync_timeout))
         if allow_from:
             lines.append("allow-from = " + allow_from)
         if secret:
@@ -64,7 +67,7 @@ class XoRig(object):
             os.chmod(str(path), 0o600)
             lines.append("secret-file = {}".format(path))
         self.config = self.write_config(self.mounts, max_frozen=max_frozen,
-                                        extra="\n".join(lines))
+                                        extra="\n".join(lines) + "\n" + hooks)
         notify_path = str(self.tmp_path / "notify.sock")
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         listener.bind(notify_path)
@@ -100,6 +103,13 @@ class XoRig(object):
 
     def frozen(self):
         return [is_frozen(point) for point in self.mounts]
+
+    def last(self, trigger="xo"):
+        """The last finished session of `trigger` as `status --json` shows it, or None."""
+        return json.loads(self.cli("status", "--json").stdout)["last"].get(trigger)
+
+    def status(self):
+        return json.loads(self.cli("status", "--json").stdout)
 
     def stop(self):
         if self.daemon:
@@ -162,7 +172,7 @@ def test_refusals_freeze_nothing(xo):
 def test_other_paths_methods_and_a_second_sync(xo):
     xo.start()
     assert xo.get("/")[0] == 404
-    assert xo.get("/sync", method="POST")[0] == 404
+    assert xo.get("/sync", method="POST")[0] == 405
     assert xo.get("/snapshot")[0] == 404
     assert xo.frozen() == [False, False]
     assert xo.get("/sync")[0] == 200
@@ -245,7 +255,7 @@ def test_thaw_through_the_daemon_does_not_import_click(xo):
     assert json.loads(again.stdout) == {"result": "nothing-frozen",
                                         "message": "nothing was frozen"}
     bad = xo.cli("thaw", "--bogus")
-    assert bad.returncode == 2 and "no such option" in bad.stderr.lower()
+    assert bad.returncode == 1 and "no such option" in bad.stderr.lower()
     assert "--bogus" in bad.stderr
 
 
@@ -294,8 +304,8 @@ def test_idle_daemon_loads_tls_and_psutil_only_when_needed(xo):
 
 
 def test_idle_daemon_has_no_timed_waits_and_stops_at_once(xo):
-    """Idle, every thread of the daemon (xenstore loop, XO listener, control socket)
-    blocks with no timeout; SIGTERM still ends it at once (a wake-up pipe)."""
+    """Idle, every thread of the daemon (xenstore loop, XO listener, control socket,
+    the guard's watcher) blocks with no timeout; SIGTERM still ends it at once (a wake-up pipe)."""
     xo.start()
     pid = xo.daemon.process.pid
 
@@ -314,7 +324,7 @@ def test_idle_daemon_has_no_timed_waits_and_stops_at_once(xo):
     before = thread_states(pid)
     time.sleep(3)
     after = thread_states(pid)
-    assert len(before) == 3, before  # main, XO listener, control socket
+    assert len(before) == 4, before  # main, XO listener, control socket, guard watcher
     for tid, thread in after.items():
         assert not waits_with_timeout(thread["syscall"], thread["args"]), \
             "thread {} waits with a timeout: {}".format(tid, thread)

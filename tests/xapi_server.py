@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import uuid
 import xmlrpc.client
 from socketserver import ThreadingMixIn
@@ -47,8 +48,9 @@ class FakeXapi(object):
         self.before_snapshot = None
         self.snapshot_error = None  # an ErrorDescription VM.snapshot answers with
         self.plugin = None        # (script path, environment) for host.call_plugin
-        self.host = self.add("host", name_label="this-host")
-        self.other_host = self.add("host", name_label="other-host")
+        self.plugins = {}         # host ref -> (script path, environment), else .plugin
+        self.host = self.add("host", name_label="this-host", address="127.0.0.1")
+        self.other_host = self.add("host", name_label="other-host", address="127.0.0.2")
         self.add_vm("Control domain on host: this-host", is_control_domain=True, domid="0")
         self.server = None
         self.caller = threading.local()  # .session: the session of the call in this thread
@@ -168,6 +170,12 @@ class FakeXapi(object):
         del self.db["session"][self.caller.session]
         return ""
 
+    def VM__get_all_records(self):
+        return {ref: dict(record) for ref, record in self.db["VM"].items()}
+
+    def host__get_all_records(self):
+        return {ref: dict(record) for ref, record in self.db["host"].items()}
+
     def VM__get_by_name_label(self, label):
         return [ref for ref, r in self.db["VM"].items() if r["name_label"] == label]
 
@@ -195,7 +203,8 @@ class FakeXapi(object):
             raise ApiError(*self.snapshot_error)
         with self.lock:
             snap = self.add_vm(new_name, power_state="Halted", resident_on=NULL, domid="-1",
-                               is_a_snapshot=True, snapshot_of=vm)
+                               is_a_snapshot=True, snapshot_of=vm,
+                               snapshot_time=xmlrpc.client.DateTime(time.gmtime()))
             self.db["VM"][vm]["snapshots"].append(snap)
             for vbd in source["VBDs"]:
                 row = self.db["VBD"][vbd]
@@ -237,9 +246,10 @@ class FakeXapi(object):
         """As XAPI runs /etc/xapi.d/plugins/<plugin>: the call in argv[1], the answer
         on stdout; a crash is XENAPI_PLUGIN_FAILURE with its output."""
         self.record("host", host)
-        if plugin != "xe-quiesce" or self.plugin is None:
+        installed = self.plugins.get(host, self.plugin)
+        if plugin != "xe-quiesce" or installed is None:
             raise ApiError("XENAPI_MISSING_PLUGIN", plugin)
-        script, env = self.plugin
+        script, env = installed
         call = xmlrpc.client.dumps((self.caller.session, args), fn)
         proc = subprocess.run([sys.executable, script, call],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,

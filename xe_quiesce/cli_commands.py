@@ -5,6 +5,7 @@ load in the commands that use them. `xe-quiesce thaw` runs while the guest is fr
 so its start-up is part of the frozen window.
 """
 import json
+import os
 import sys
 import time
 
@@ -14,16 +15,10 @@ from . import __version__, control, logbuffer
 from .cli_fast import CONTROL_MARGIN, output
 from .cli_frozen import frozen
 from .cli_hooks import hooks
-from .cli_options import (
-    check_timeout,
-    config_option,
-    journal_for,
-    json_option,
-    on_frozen_file,
-    run_main,
-)
+from .cli_options import config_option, journal_for, json_option, on_frozen_file, run_main
 from .cli_run import serve
-from .config import load_config
+from .config import load_config, session_timeout
+from .errors import QuiesceError, require_root
 
 
 def _emit(data, as_json, human):
@@ -50,6 +45,9 @@ def plan(config_file, as_json, root):
     """Show what a snapshot would freeze, in which order, and what is skipped and why."""
     from .session import make_plan
 
+    if not os.path.isfile(os.path.join(root, "proc/self/mountinfo")):
+        raise QuiesceError("--root {}: no proc/self/mountinfo under it (not a tree captured "
+                           "from a guest)".format(root))
     config = load_config(config_file)
     if root == "/":
         journal_for(config)
@@ -59,10 +57,13 @@ def plan(config_file, as_json, root):
 def _print_plan(data):
     click.echo("Would freeze {} filesystem(s); those not ordered below freeze "
                "concurrently.".format(len(data["filesystems"])))
+    width = max([24] + [len(fs["mount_point"]) for fs in data["filesystems"]])
+    row = "  {:<%d} {:<6} {:<12} {}" % width
+    if data["filesystems"]:
+        click.echo(row.format("MOUNT POINT", "FSTYPE", "VBDS", "BLOCK STACK"))
     for fs in data["filesystems"]:
         vbds = ",".join(str(vbd) for vbd in fs["vbds"]) or "-"
-        click.echo("  {:<24} {:<6} vbd {:<12} {}".format(
-            fs["mount_point"], fs["fstype"], vbds, fs["stack"]))
+        click.echo(row.format(fs["mount_point"], fs["fstype"], vbds, fs["stack"]))
     if data["order"]:
         click.echo("Order:")
         for edge in data["order"]:
@@ -90,8 +91,9 @@ def freeze(config_file, as_json, timeout):
     Through the running daemon when there is one, so that one owner ever freezes;
     otherwise this process freezes, leaves the guard holding the deadline, and exits.
     """
+    require_root()
     config = load_config(config_file)
-    check_timeout(config, timeout)
+    timeout = session_timeout(timeout, config.freeze.max_frozen, "--timeout")
     try:
         summary = control.request(config.state.run_dir, "freeze",
                                   config.freeze.max_frozen + CONTROL_MARGIN, timeout=timeout)
@@ -127,6 +129,7 @@ def _print_frozen(summary):
 @json_option
 def thaw(config_file, as_json):
     """Thaw what a session froze (idempotent: nothing frozen is not an error)."""
+    require_root()
     config = load_config(config_file)
     try:
         closed = control.request(config.state.run_dir, "thaw", CONTROL_MARGIN)
@@ -146,6 +149,7 @@ def thaw(config_file, as_json):
 @json_option
 def status(config_file, as_json):
     """Show the daemon, what is frozen now, the time left, and each trigger's last result."""
+    require_root()
     config = load_config(config_file)
     try:
         daemon = control.request(config.state.run_dir, "status", CONTROL_MARGIN)

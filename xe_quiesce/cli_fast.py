@@ -62,7 +62,10 @@ def output(closed, as_json):
 
 
 def _error(error):
-    sys.stderr.write("{}: error: {}\n".format(PROG, error))
+    """The one line and exit status of click's commands (cli_options.run_main)."""
+    from .errors import error_line
+
+    sys.stderr.write(error_line(PROG, error) + "\n")
     return 1
 
 
@@ -73,14 +76,15 @@ def fast_thaw(args):
         return None
     from . import control
     from .config import load_config
-    from .errors import QuiesceError
+    from .errors import require_root
 
     try:
+        require_root()
         config = load_config(parsed["config_file"])
         closed = control.request(config.state.run_dir, "thaw", CONTROL_MARGIN)
     except control.NoDaemon:
         return None
-    except QuiesceError as error:
+    except Exception as error:  # one line, never a traceback
         return _error(error)
     errors, text = output(closed, parsed["as_json"])
     for line in errors:
@@ -96,6 +100,8 @@ def fast_run(args):
     parsed = parse(args, "run", RUN_OPTIONS, verbose_ok=True)
     if parsed is None:
         return None
+    import logging
+
     from . import logbuffer
     from .cli_run import serve
     from .errors import QuiesceError
@@ -103,6 +109,8 @@ def fast_run(args):
     logbuffer.setup_logging(parsed.pop("verbose"))
     try:
         serve(**parsed)
-    except QuiesceError as error:
+    except Exception as error:  # one line, never a traceback; -v logs it
+        if not isinstance(error, QuiesceError):
+            logging.getLogger(PROG).debug("unexpected error", exc_info=True)
         return _error(error)
     return 0

@@ -26,9 +26,9 @@ import click
 
 from . import control
 from .cli_fast import CONTROL_MARGIN
-from .cli_options import check_timeout, config_option, journal_for, on_frozen_file
-from .config import load_config
-from .errors import QuiesceError
+from .cli_options import config_option, journal_for, on_frozen_file
+from .config import load_config, session_timeout
+from .errors import QuiesceError, require_root
 from .hooks import hook_environment
 
 # Seconds between SIGTERM and SIGKILL for a command that outlived the deadline.
@@ -251,8 +251,9 @@ def frozen(config_file, timeout, direct_output, command):
     the deadline, 127 when it cannot be found. COMMAND gets the hooks' XE_QUIESCE_*
     variables. Options after COMMAND are its own; `--` may separate them.
     """
+    require_root()
     config = load_config(config_file)
-    check_timeout(config, timeout)
+    timeout = session_timeout(timeout, config.freeze.max_frozen, "--timeout")
     argv = list(command)
     if os.sep not in argv[0] and shutil.which(argv[0]) is None:
         click.echo("xe-quiesce: {}: command not found (nothing frozen)".format(argv[0]),

@@ -4,6 +4,7 @@ the entry-point rule that user errors are one line, never a traceback.
 A module of its own so that the subcommands (run, hooks) and xe-quiesce-host use the
 same definitions without importing cli.py, which registers them.
 """
+import logging
 import os
 import stat
 import sys
@@ -11,7 +12,7 @@ import sys
 import click
 
 from .config import ENV_VAR
-from .errors import QuiesceError
+from .errors import QuiesceError, error_line
 
 
 def config_option(command):
@@ -42,13 +43,6 @@ def journal_for(config, reconcile=True):
     return journal
 
 
-def check_timeout(config, timeout):
-    """--timeout of freeze and frozen: within (0, [freeze] max-frozen]."""
-    if timeout is not None and not 0 < timeout <= config.freeze.max_frozen:
-        raise QuiesceError("--timeout must be between 0 and [freeze] max-frozen ({:g} s)".format(
-            config.freeze.max_frozen))
-
-
 def on_frozen_file(stream, mount_points):
     """Whether `stream` is a regular file on one of these frozen filesystems (stat is a
     read: it does not wait for the thaw)."""
@@ -60,10 +54,40 @@ def on_frozen_file(stream, mount_points):
         return False
 
 
+# click 8.2+ raises this for a bare group command; its message is the help.
+NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
 def run_main(command, prog_name):
-    """Run a click command; a QuiesceError ends it with one line and exit status 1."""
+    """Run a click command; every error ends it with one line and exit status 1.
+
+    A QuiesceError is ours and says what to do. A usage error (unknown option, a value
+    of the wrong type) is click's, said in one line with where the help is. Anything
+    else is a fault of ours or of the system: still one line (its traceback is logged at
+    debug level, shown by -v).
+    """
     try:
-        command(prog_name=prog_name)
+        result = command.main(prog_name=prog_name, standalone_mode=False)
+    except NO_ARGS_IS_HELP as error:  # click 8.2+; older versions print it themselves
+        click.echo(error.format_message())
+        sys.exit(0)
+    except click.UsageError as error:
+        where = error.ctx.command_path if error.ctx is not None else prog_name
+        _fail("{}: error: {} (see `{} --help`)".format(
+            prog_name, " ".join(error.format_message().split()), where))
+    except click.ClickException as error:
+        _fail("{}: error: {}".format(prog_name, " ".join(error.format_message().split())))
+    except click.Abort:
+        _fail("{}: aborted".format(prog_name))
     except QuiesceError as error:
-        click.echo("{}: error: {}".format(prog_name, error), err=True)
-        sys.exit(1)
+        _fail(error_line(prog_name, error))
+    except Exception as error:
+        logging.getLogger(prog_name).debug("unexpected error", exc_info=True)
+        _fail(error_line(prog_name, error))
+    # click 7+ returns the exit code of --help or --version; click 6 exits itself.
+    sys.exit(result if isinstance(result, int) else 0)
+
+
+def _fail(line):
+    click.echo(line, err=True)
+    sys.exit(1)

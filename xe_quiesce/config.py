@@ -6,35 +6,56 @@ would leave the admin believing in a limit that is not there.
 """
 import configparser
 import ipaddress
+import math
+import numbers
 import os
 import shlex
 import types
 
-from .errors import ConfigError
+from .errors import ConfigError, QuiesceError
 
 DEFAULT_PATH = "/etc/xe-quiesce/xe-quiesce.conf"
 ENV_VAR = "XE_QUIESCE_CONFIG"
 HOOK_SECTION_PREFIX = "hook:"
 
 
+# The parsers raise ValueError in our own words: Python's ("could not convert string to
+# float") would reach the admin otherwise.
+
 def _seconds(text):
-    value = float(text)
-    if not 0 < value <= 86400:
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not 0 < value <= 86400:
         raise ValueError("must be a number of seconds between 0 and 86400")
     return value
 
 
 def _words(text):
-    return shlex.split(text)
+    try:
+        return shlex.split(text)
+    except ValueError:
+        raise ValueError("has a quote that is never closed")
 
 
 def _networks(text):
-    return [ipaddress.ip_network(word, strict=False) for word in text.replace(",", " ").split()]
+    networks = []
+    for word in text.replace(",", " ").split():
+        try:
+            networks.append(ipaddress.ip_network(word, strict=False))
+        except ValueError:
+            raise ValueError("{!r} is not an IP address or network (such as 192.0.2.10 or "
+                             "10.0.0.0/8)".format(word))
+    return networks
 
 
 def _port(text):
-    value = int(text)
-    if not 0 < value < 65536:
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or not 0 < value < 65536:
         raise ValueError("must be a TCP port between 1 and 65535")
     return value
 
@@ -88,6 +109,7 @@ SCHEMA = {
         "cert-file": (_text, ""),
         "key-file": (_text, ""),
         "tls-dir": (_text, "/etc/xe-quiesce/tls"),
+        "sync-timeout": (_seconds, 60.0),
     },
     "state": {
         "run-dir": (_text, "/run/xe-quiesce"),
@@ -125,9 +147,32 @@ class Config(object):
         self.state = sections["state"]
         self.hook_overrides = hook_overrides
 
+    def located(self, error):
+        """A ConfigError raised outside this module ("[freeze] mounts: ...") with this
+        file's name in front, as every configuration error names its file."""
+        message = str(error)
+        if message.startswith(self.path + ":"):
+            return error
+        return ConfigError("{}: {}".format(self.path, message))
+
     def hook_timeout(self, name):
         """The timeout of one hook: its own [hook:NAME] value, else [hooks] timeout."""
         return self.hook_overrides.get(name, {}).get("timeout", self.hooks.timeout)
+
+
+def session_timeout(value, max_frozen, name="timeout"):
+    """A requested freeze timeout, checked where every request is served (CLI option and
+    control socket alike): a finite number of seconds in (0, max-frozen]. None: the
+    default (max-frozen). JSON admits 1e999 (infinity) and NaN, so both are refused here.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise QuiesceError("{} must be a number of seconds".format(name))
+    if not (math.isfinite(value) and 0 < value <= max_frozen):
+        raise QuiesceError("{} must be between 0 and [freeze] max-frozen ({:g} s)".format(
+            name, max_frozen))
+    return float(value)
 
 
 def config_path(explicit=None, environ=None):
@@ -145,15 +190,35 @@ def load_config(explicit=None, environ=None):
     path = config_path(explicit, environ)
     named = path != DEFAULT_PATH
     try:
-        with open(path) as handle:
-            text = handle.read()
+        with open(path, "rb") as handle:
+            data = handle.read()
     except FileNotFoundError:
         if named:
             raise ConfigError("{}: no such configuration file".format(path))
-        text = ""
+        data = b""
     except OSError as error:
         raise ConfigError("{}: cannot read: {}".format(path, error.strerror))
+    try:
+        text = data.decode("utf-8")  # whatever the locale: C on many minimal guests
+    except UnicodeDecodeError as error:
+        raise ConfigError("{}: line {}: not UTF-8 text (byte 0x{:02x})".format(
+            path, data[:error.start].count(b"\n") + 1, data[error.start]))
     return parse_config(text, path)
+
+
+def _syntax_error(error, path):
+    """configparser's complaint in our words, with the line it is about."""
+    if isinstance(error, configparser.MissingSectionHeaderError):
+        return "line {}: {!r} comes before any [section] header".format(
+            error.lineno, error.line.strip())
+    if isinstance(error, configparser.DuplicateSectionError):
+        return "line {}: section [{}] appears twice".format(error.lineno, error.section)
+    if isinstance(error, configparser.DuplicateOptionError):
+        return "line {}: [{}] {} is set twice".format(error.lineno, error.section,
+                                                      error.option)
+    if isinstance(error, configparser.ParsingError) and error.errors:
+        return "line {}: not a `key = value` line".format(error.errors[0][0])
+    return " ".join(str(error).replace(repr(path), "").split())
 
 
 def parse_config(text, path="<config>"):
@@ -162,7 +227,7 @@ def parse_config(text, path="<config>"):
     try:
         parser.read_string(text, source=path)
     except configparser.Error as error:
-        raise ConfigError("{}: {}".format(path, " ".join(str(error).split())))
+        raise ConfigError("{}: {}".format(path, _syntax_error(error, path)))
     sections = _defaults()
     hook_overrides = {}
     for section in parser.sections():

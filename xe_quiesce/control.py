@@ -6,6 +6,8 @@ SO_PEERCRED) takes one JSON line and answers one JSON line:
   -> {"ok": true, "result": {...}} or {"ok": false, "error": "...", "busy": bool}
 When no daemon listens, the CLI acts itself, with the same guard and journal.
 """
+import errno
+import fcntl
 import json
 import os
 import socket
@@ -15,6 +17,7 @@ import threading
 from .errors import BusyError, QuiesceError
 
 SOCKET_NAME = "control.sock"
+LOCK_NAME = "daemon.lock"
 MAX_REQUEST = 65536
 REQUEST_READ_TIMEOUT = 5.0
 
@@ -32,35 +35,91 @@ def socket_path(run_dir):
     return os.path.join(run_dir, SOCKET_NAME)
 
 
+class DaemonLock(object):
+    """`<run-dir>/daemon.lock`, holding the daemon's pid, locked for its life: one
+    daemon per guest.
+
+    A second `xe-quiesce run` would otherwise take over the control socket and the
+    host's requests beside the first. A POSIX record lock (lockf), not flock: it is not
+    inherited by the guard processes the daemon forks, so a guard still thawing after
+    a crash does not keep the restarted daemon out.
+    """
+
+    def __init__(self, run_dir):
+        self.path = os.path.join(run_dir, LOCK_NAME)
+        self.fd = None
+
+    def acquire(self):
+        """Take the lock and write our pid; QuiesceError naming the holder if taken."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            holder = os.read(fd, 32).decode("ascii", "replace").strip()
+            os.close(fd)
+            if error.errno not in (errno.EACCES, errno.EAGAIN):
+                raise QuiesceError("{}: {}".format(self.path, error.strerror))
+            raise QuiesceError("another xe-quiesce daemon (pid {}) is running with run "
+                               "directory {}".format(holder or "?", os.path.dirname(self.path)))
+        os.ftruncate(fd, 0)
+        os.write(fd, "{}\n".format(os.getpid()).encode())
+        self.fd = fd
+        return self
+
+    def release(self):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
 class ControlServer(object):
-    """Serves control requests in threads; `handlers` maps op -> callable(request)."""
+    """Serves control requests in threads; `handlers` maps op -> callable(request).
+
+    Run by the holder of the DaemonLock. It removes only a socket it created, or a dead
+    one (nobody accepts on it): never the socket a live daemon serves.
+    """
 
     def __init__(self, run_dir, handlers):
         self.path = socket_path(run_dir)
         self.handlers = handlers
         self.sock = None
+        self.created = None  # (st_dev, st_ino) of the socket file we bound
 
     def start(self):
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+        self._remove_dead_socket()
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old_umask = os.umask(0o177)
         try:
             self.sock.bind(self.path)
         finally:
             os.umask(old_umask)
+        info = os.stat(self.path)
+        self.created = (info.st_dev, info.st_ino)
         self.sock.listen(8)
         thread = threading.Thread(target=self._serve, name="xe-quiesce-control", daemon=True)
         thread.start()
+
+    def _remove_dead_socket(self):
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(self.path)
+        except FileNotFoundError:
+            return
+        except ConnectionRefusedError:  # left by a daemon that died
+            os.unlink(self.path)
+            return
+        finally:
+            probe.close()
+        raise QuiesceError("{} is served by another process".format(self.path))
 
     def stop(self):
         if self.sock is not None:
             self.sock.close()
             self.sock = None
             try:
-                os.unlink(self.path)
+                info = os.stat(self.path)
+                if (info.st_dev, info.st_ino) == self.created:
+                    os.unlink(self.path)
             except OSError:
                 pass
 

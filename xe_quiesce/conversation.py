@@ -1,6 +1,6 @@
 """The guest's part of the quiesce contract, as a state machine with no I/O.
 
-Why a pure machine: the contract (xapi-quiesce-protocol.md) is a strict sequence of
+Why a pure machine: the contract (docs/xapi-protocol.md) is a strict sequence of
 xenstore keys, values and orderings, with a failure path at every step, and the real
 dom0 gives no second chance (xapi takes the *first* `C/status` value as final). Keeping
 the decisions here, and the xenstore/freeze calls in `guest_agent`, lets every
@@ -14,6 +14,12 @@ command fails, the adapter drops the rest of the batch and feeds `IoFailed`.
 
 Paths: `D` the guest's home, `C` = `D/control/snapshot`, `V` = the value of `D/vss`.
 This machine never asks for `create-snapshotinfo` (contract section e.1).
+
+The host must get its answer even if the agent is killed at any step: the request is
+journaled (`Record`) before `C/action` is deleted, and the answer's keys before the
+first of them is written. After a restart `recover()` answers a host that still waits:
+with the journaled answer if there is one, else `restarted`. xapi takes the first
+`C/status` as final, so a host that has a status is never answered again.
 """
 import collections
 import json
@@ -68,7 +74,8 @@ XS_PATH_RE = re.compile(r"^(/[A-Za-z0-9_@-]+)+$")
 
 # -- events (in) ------------------------------------------------------------------------
 ActionSeen = collections.namedtuple("ActionSeen", "value")       # C/action, None if absent
-VssRead = collections.namedtuple("VssRead", "value error")       # D/vss (None: absent)
+# D/vss (None: absent); `owner`: the domid owning V ("" V absent, None V not looked up)
+VssRead = collections.namedtuple("VssRead", "value error owner")
 VbdNode = collections.namedtuple("VbdNode", "devid device_type backend vdi_uuid error")
 VbdsRead = collections.namedtuple("VbdsRead", "vbds")            # list of VbdNode
 QuiesceOk = collections.namedtuple("QuiesceOk", "summary filesystems")
@@ -96,6 +103,9 @@ AwaitStatus = collections.namedtuple("AwaitStatus", "path")   # watch V/status u
 Thaw = collections.namedtuple("Thaw", "")
 ReadResult = collections.namedtuple("ReadResult", "vss vdis")
 Exit = collections.namedtuple("Exit", "")
+# The request journal: {"control": C, "report": [[op, path, value?], ...] or None};
+# None: the request is over (answered or given up).
+Record = collections.namedtuple("Record", "request")
 
 
 class RequestError(Exception):
@@ -108,10 +118,13 @@ def printable(text, limit=ERROR_MAX):
     return cleaned if len(cleaned) <= limit else cleaned[:limit - 3] + "..."
 
 
-def parse_vss(value, error=None):
+def parse_vss(value, error=None, owner=None, domid=None):
     """V from the `vss` key: exactly `/vss/<vm-uuid>` (contract 0.2), else RequestError.
 
-    `error` says why the value could not be read as text (garbage bytes)."""
+    `error` says why the value could not be read as text (garbage bytes). `owner` is
+    the domid owning V ("" when V does not exist): V must be this guest's (`domid`),
+    or snapwatchd, which watches only V, would never see the request (contract 0.1).
+    """
     if error:
         raise RequestError("the key vss: {}".format(error))
     if value is None:
@@ -122,6 +135,12 @@ def parse_vss(value, error=None):
     if not match or not UUID_RE.match(match.group(1)):
         raise RequestError("the key vss holds {!r}, expected /vss/<vm-uuid>".format(
             printable(value, 80)))
+    if owner == "":
+        raise RequestError("the key vss names {}, which does not exist".format(value))
+    if domid is not None and owner != str(domid):
+        raise RequestError("the key vss names {}, which belongs to {}, not to this guest "
+                           "(domain {})".format(value, "domain " + printable(owner, 20)
+                                                if owner else "another domain", domid))
     return value
 
 
@@ -179,6 +198,8 @@ class Conversation(object):
     def __init__(self, domain_path, version=""):
         self.domain_path = domain_path.rstrip("/")
         self.control = self.domain_path + "/control/snapshot"
+        match = re.match(r"^/local/domain/([0-9]+)$", self.domain_path)
+        self.domid = int(match.group(1)) if match else None
         self.version = version
         self.state = IDLE
         self.published = PUBLISHED[IDLE]
@@ -230,8 +251,9 @@ class Conversation(object):
                 self.control, printable(event.value, 80)))]
         self._reset()
         self.ignored_action = None
-        # Deleting the key is the acknowledgement xapi waits 60 s for (contract 1.5).
-        return [Rm(self.control + "/action"),
+        # Deleting the key is the acknowledgement xapi waits 60 s for (contract 1.5);
+        # journaled first, so that a crash after it still answers the host.
+        return [self._record(None), Rm(self.control + "/action"),
                 Log(logging.INFO, "quiesce requested by the host")] + self._to(
                     RESOLVING) + [ReadVss()]
 
@@ -242,8 +264,9 @@ class Conversation(object):
         if event.value != CREATE_SNAPSHOT:
             return self.on_action(event)
         message = "busy: a quiesced snapshot of this guest is already in progress"
-        commands = [Rm(self.control + "/action"), Log(logging.WARNING, message)]
-        commands += self._error_keys(ERR_BUSY, message)
+        answer = self._error_keys(ERR_BUSY, message)
+        commands = [self._record(answer), Rm(self.control + "/action"),
+                    Log(logging.WARNING, message)] + answer
         # xapi reads the first status value only; this session's own result can no
         # longer be delivered through C.
         self.answered = True
@@ -251,7 +274,7 @@ class Conversation(object):
 
     def on_vss(self, event):
         try:
-            self.vss = parse_vss(event.value, event.error)
+            self.vss = parse_vss(event.value, event.error, event.owner, self.domid)
         except RequestError as error:
             return self._fail(ERR_REQUEST, str(error))
         return self._to(LISTING) + [ReadVbds()]
@@ -342,6 +365,7 @@ class Conversation(object):
         commands += [Write("{}/snapid/{}".format(self.control, n), chunk)
                      for n, chunk in enumerate(chunks)]
         commands.append(Write(self.control + "/status", SNAPSHOT_CREATED))
+        commands.insert(0, self._record(commands))
         if self.answered:
             commands = [Log(logging.WARNING, "snapshot {} was taken but not reported: the "
                             "request area was answered 'busy' meanwhile".format(event.snapuuid))]
@@ -365,21 +389,37 @@ class Conversation(object):
             "snapuuid": result.snapuuid,
         }
 
-    def recover(self, vss, host_waiting):
+    def recover(self, request, vss, host_waiting):
         """Commands after a restart that cut a request off (the journal says so).
 
-        V may still say create-snapshots, which a returning snapwatchd would act on with
-        the guest thawed: clear it. The host may still wait on C for a first status:
-        answer it now rather than let it wait out its 600 s.
+        `request` is the journaled record (None: only the session journal knew). V may
+        still say create-snapshots, which a returning snapwatchd would act on with the
+        guest thawed: clear it. The host may still wait on C for a first status: answer
+        it now, with the answer journaled before the crash if there was one, rather than
+        let it wait out its 600 s.
         """
         commands = [Log(logging.WARNING, "a snapshot request was cut off by the agent's "
                         "restart; clearing its keys")]
         if vss:
             commands += [Rm(vss + "/" + key) for key in CLEANED]
-        if host_waiting:
+        report = (request or {}).get("report")
+        if host_waiting and report:
+            commands.append(Log(logging.WARNING, "answering the host with the result "
+                                "journaled before the restart"))
+            commands += [Write(op[1], op[2]) if op[0] == "write" else Rm(op[1])
+                         for op in report]
+        elif host_waiting:
             commands += self._error_keys(ERR_RESTARTED, "the guest agent restarted during "
                                          "this request; its deadline guard thawed the guest")
-        return commands
+        return commands + [Record(None)]
+
+    def _record(self, answer):
+        """The request journal's entry; `answer`: the commands that will answer C."""
+        report = None
+        if answer is not None:
+            report = [["write", c.path, c.value] if isinstance(c, Write) else ["rm", c.path]
+                      for c in answer if isinstance(c, (Write, Rm))]
+        return Record({"control": self.control, "report": report})
 
     def _fail(self, code, message):
         """Any failure: thaw first if frozen, then report."""
@@ -400,11 +440,13 @@ class Conversation(object):
             commands.append(Log(logging.WARNING, "not reported to the host: the request area "
                                 "was already answered 'busy'"))
         else:
-            commands += self._error_keys(code, message)
+            answer = self._error_keys(code, message)
+            commands += [self._record(answer)] + answer
         return commands + self._finish()
 
     def _finish(self):
         commands = [Rm(self.vss + "/" + key) for key in CLEANED] if self.vss else []
+        commands.append(Record(None))  # after V is clean: a restart before cleans it
         if self.stopping:
             self.state = STOPPED
             return commands + [Unadvertise(), Exit()]

@@ -28,16 +28,18 @@ class Coordinator(object):
         held = self._held
         return held.trigger if held else None
 
-    def freeze(self, trigger, timeout=None):
+    def freeze(self, trigger, timeout=None, cancel=None):
         """Start a session for `trigger` and keep it until thaw() or its deadline.
 
         The slot is reserved before the (possibly long) hooks run, so a second request
-        is refused at once instead of queueing behind them.
+        is refused at once instead of queueing behind them. `cancel` (a cancel.Cancel)
+        lets the trigger abandon the session while it quiesces.
         """
         with self._lock:
             if self._held is not None:
                 raise BusyError(self._busy(self._held))
             session = self._held = self.session_factory(self.config, trigger)
+            session.cancel = cancel
         try:
             summary = session.start(timeout)
         except BaseException:
@@ -50,6 +52,12 @@ class Coordinator(object):
             self._timer.daemon = True
             self._timer.start()
         return summary
+
+    def quiescing_under(self, cancel):
+        """Whether the held session is still quiescing with `cancel` as its cancel."""
+        with self._lock:
+            held = self._held
+            return held is not None and self._timer is None and held.cancel is cancel
 
     @staticmethod
     def _busy(session):

@@ -4,19 +4,33 @@ Triggers: the xenstore conversation (its own loop, the main thread), Xen Orchest
 HTTPS sync hook, and the local control socket the CLI uses. They share the journal's
 one-session rule, so a request while another trigger's session is active gets a busy
 error naming that trigger.
+
+Start-up order: the deadline guard is spawned first, while this process has no other
+thread, and the plan is made (kept warm, see warm_plan.py); then the triggers' threads
+start. Every session arms that one guard and takes that plan.
 """
 import logging
 import os
+import socket
+
+import psutil
 
 from . import __version__, logbuffer
+from .config import session_timeout
 from .control import ControlServer
 from .coordinator import Coordinator
-from .errors import BusyError, QuiesceError
+from .discovery import plan_inputs
+from .errors import BusyError, ConfigError, QuiesceError
+from .guard import GuardService
 from .guest_agent import GuestAgent
 from .hooks import HookSet
 from .journal import Journal
-from .session import busy_message, thaw_from_journal
+from .mountinfo import read_mountinfo
+from .session import QuiesceSession, busy_message, make_plan, thaw_from_journal
+from .warm_plan import WarmPlan
+from .xenstore import XenstoreClient, XenstoreError
 from .xo_hook import SyncHook
+from .xo_tag import advice, networks_from_xenstore
 
 log = logging.getLogger(__name__)
 CLI = "cli"
@@ -26,16 +40,27 @@ class Daemon(object):
     def __init__(self, config, client, domain_path=None, environ=None):
         self.config = config
         self.journal = Journal(config.state.run_dir)
-        self.coordinator = Coordinator(config)
+        self.guards = GuardService()
+        self.plans = WarmPlan(lambda: make_plan(config),
+                              lambda: plan_inputs(config.freeze, read_mountinfo()))
+        self.coordinator = Coordinator(config, session_factory=self._session)
         self.sync_hook = SyncHook(config, self.coordinator)
-        self.agent = GuestAgent(config, client, domain_path, environ=environ)
+        self.agent = GuestAgent(config, client, domain_path, environ=environ,
+                                session_factory=lambda plan: self._session(
+                                    config, "xapi", plan=plan), planner=self.plans)
         self.control = ControlServer(config.state.run_dir, {
             "freeze": self.cli_freeze, "thaw": self.cli_thaw, "status": self.status})
         self.sync_hook_error = None
 
+    def _session(self, config, trigger, plan=None):
+        return QuiesceSession(config, trigger, plan=plan, guards=self.guards,
+                              planner=self.plans)
+
     def run(self):
         logbuffer.add_syslog_when_detached()
         self.journal.ensure_dir()
+        self.guards.start()
+        self._warm_up()
         closed = self.journal.reconcile()
         if closed:
             log.warning("earlier session %s (%s): %s", closed["session"], closed.get("trigger"),
@@ -45,19 +70,35 @@ class Daemon(object):
         try:
             try:
                 self.sync_hook.start()
-            except QuiesceError as error:
-                self.sync_hook_error = str(error)
-                log.error("Xen Orchestra sync hook not started: %s", error)
+            except (QuiesceError, OSError) as error:  # xenstore is served without XO
+                self.sync_hook_error = self._why_no_sync_hook(error)
+                log.error("Xen Orchestra sync hook not started: %s", self.sync_hook_error)
             self.agent.run()
         finally:
             self.sync_hook.stop()
             self.control.stop()
             self.coordinator.shutdown()
+            self.guards.stop()
+            self.plans.close()
+
+    def _warm_up(self):
+        """Plan now, so the first request does not; a plan that cannot be made now is
+        reported by the request that needs it, in that request's words."""
+        try:
+            self.plans()
+        except Exception as error:  # noqa: BLE001 - any failure is the request's to say
+            log.debug("no plan at start: %s", error)
+
+    def _why_no_sync_hook(self, error):
+        if isinstance(error, ConfigError):
+            return str(self.config.located(error))
+        if isinstance(error, OSError):  # the port is taken
+            return "cannot listen on port {}: {}".format(self.config.xo.port,
+                                                         error.strerror or error)
+        return str(error)
 
     def cli_freeze(self, request):
-        timeout = request.get("timeout")
-        if timeout is not None and not isinstance(timeout, (int, float)):
-            raise QuiesceError("timeout must be a number of seconds")
+        timeout = session_timeout(request.get("timeout"), self.config.freeze.max_frozen)
         return self.coordinator.freeze(CLI, timeout)
 
     def cli_thaw(self, _request):
@@ -70,6 +111,21 @@ class Daemon(object):
         if active and active.get("trigger") == "xapi":
             raise BusyError(busy_message(active) + "; the host's snapshot is waiting on it")
         return thaw_from_journal(self.journal, HookSet.load(self.config))
+
+    def xo_tag(self):
+        """(tag, why) for XO to reach the hook, from the addresses the guest tools report
+        in xenstore (read on a connection of its own: the agent's is its loop's)."""
+        networks, note = {}, ""
+        if self.agent.domain_path:
+            try:
+                with XenstoreClient(self.agent.client.uri, timeout=2.0) as client:
+                    networks = networks_from_xenstore(client, self.agent.domain_path)
+            except (XenstoreError, OSError) as error:
+                note = "; the guest tools' addresses could not be read: {}".format(error)
+        own = [entry.address for entries in psutil.net_if_addrs().values()
+               for entry in entries if entry.family in (socket.AF_INET, socket.AF_INET6)]
+        tag, why = advice(networks, self.config.xo.port, self.config.xo.address, own)
+        return tag, why + note
 
     def status(self, _request):
         agent = self.agent
@@ -92,6 +148,10 @@ class Daemon(object):
         if xo_on:
             lines.append("Xen Orchestra sync hook: on, port {}, certificate {}".format(
                 data["xo_sync_hook"]["port"], data["xo_sync_hook"]["fingerprint"]))
+            tag, why = self.xo_tag()
+            data["xo_sync_hook"].update(tag=tag, tag_why=why)
+            lines.append("Xen Orchestra tag for this VM: {}".format(tag))
+            lines.append("  ({})".format(why))
         else:
             lines.append("Xen Orchestra sync hook: off ({})".format(
                 data["xo_sync_hook"]["off_reason"]))

@@ -80,22 +80,43 @@ def _devices(topology, entry):
     return [device] if device else []
 
 
+def _table_reason(entries, listed):
+    """Why a superblock is set aside on its mount entries alone (no sysfs), or None.
+
+    With explicit mounts the others' block stacks need no walk (a host with a hundred
+    loop devices makes that walk the slowest part of starting a session)."""
+    reason = _skip_reason(_canonical(entries).fstype)
+    if reason is None and all(is_read_only(entry) for entry in entries):
+        reason = "read-only"
+    if reason is None and listed and not listed.intersection(
+            entry.mount_point for entry in entries):
+        reason = "not listed in [freeze] mounts"
+    return reason
+
+
+def _listed(freeze_cfg):
+    return {os.path.normpath(point) for point in freeze_cfg.mounts}
+
+
+def plan_inputs(freeze_cfg, mounts):
+    """The mount entries a plan of this configuration depends on: every entry of each
+    superblock the mount table alone does not set aside. While they are equal (and a
+    mounted filesystem's block stack cannot change), so are the plan's filesystems and
+    order, whatever else was mounted or unmounted."""
+    listed = _listed(freeze_cfg)
+    return tuple(entry for entries in _by_superblock(mounts).values()
+                 if _table_reason(entries, listed) is None for entry in entries)
+
+
 def discover(freeze_cfg, root="/"):
     """Classify every mounted superblock under `root` (a captured tree in tests)."""
     topology = BlockTopology(root=root)
     mounts = read_mountinfo(root)
     candidates, skipped = [], []
-    # With explicit mounts the others' block stacks need no walk (a host with a hundred
-    # loop devices makes that walk the slowest part of starting a session).
-    listed = {os.path.normpath(point) for point in freeze_cfg.mounts}
+    listed = _listed(freeze_cfg)
     for entries in _by_superblock(mounts).values():
         main = _canonical(entries)
-        reason = _skip_reason(main.fstype)
-        if reason is None and all(is_read_only(entry) for entry in entries):
-            reason = "read-only"
-        if reason is None and listed and not listed.intersection(
-                entry.mount_point for entry in entries):
-            reason = "not listed in [freeze] mounts"
+        reason = _table_reason(entries, listed)
         if reason:
             skipped.append(Skipped(main.mount_point, main.fstype, reason))
             continue

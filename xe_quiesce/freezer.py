@@ -3,7 +3,9 @@
 The window that applications feel runs from the first FIFREEZE to the last FITHAW, so
 everything that can happen before it does: the fds are opened and checked, and each
 filesystem is `syncfs`ed while applications still run (a freeze then has little left to
-flush). Filesystems the plan does not order are frozen concurrently, one thread each.
+flush). Filesystems the plan does not order are frozen concurrently, one thread each;
+those threads are started for the syncfs pass and then wait for the freeze, so no thread
+is started inside the window and none twice per filesystem.
 Thaw is in reverse plan order through the same fds, and only of what this session froze:
 a filesystem someone else had frozen (tolerated EBUSY) stays theirs.
 """
@@ -55,6 +57,12 @@ class Freezer(object):
         self.on_ebusy = on_ebusy
         self.states = [FsState(index, fs) for index, fs in enumerate(plan.filesystems)]
         self._threads = []
+        self._workers = []
+        self._go = threading.Event()
+        self._cancelled = False
+        self._abort = threading.Event()
+        self._done = {state.fs.devno: threading.Event() for state in self.states}
+        self._guard = None
 
     @property
     def fds(self):
@@ -93,10 +101,31 @@ class Freezer(object):
                                   state.mount_point, state.fs.fstype))
 
     def sync(self):
-        """Flush every filesystem concurrently before the window opens."""
-        if not self.sync_first:
+        """Flush every filesystem before the window opens, each in the thread that will
+        freeze it (started here, waiting for freeze()); sequentially when not concurrent."""
+        if not self.concurrent or len(self.states) < 2:
+            if self.sync_first:
+                for state in self.states:
+                    self._sync_one(state)
             return
-        self._run_all(self._sync_one, ordered=False)
+        synced = [threading.Event() for _ in self.states]
+        self._workers = [threading.Thread(target=self._work, args=(state, event), daemon=True,
+                                          name="xe-quiesce-{}".format(state.index))
+                         for state, event in zip(self.states, synced)]
+        for thread in self._workers:
+            thread.start()
+        for event in synced:
+            event.wait()
+
+    def _work(self, state, synced):
+        try:
+            if self.sync_first:
+                self._sync_one(state)
+        finally:
+            synced.set()
+        self._go.wait()
+        if not self._cancelled:
+            self._freeze_one(state)
 
     def _sync_one(self, state):
         try:
@@ -109,12 +138,20 @@ class Freezer(object):
         """Freeze all; on any failure thaw what was frozen and raise FreezeError.
 
         `guard` is told about each fd before its FIFREEZE, so a freeze that completes
-        after this process died is still undone; `deadline` is epoch seconds.
+        after this process died is still undone; `deadline` is epoch seconds. Concurrent
+        freezes run in the threads sync() started.
         """
-        self._abort = threading.Event()
-        self._done = {state.fs.devno: threading.Event() for state in self.states}
         self._guard = guard
-        self._run_all(self._freeze_one, ordered=True, deadline=deadline)
+        if not self._workers:
+            for state in self.states:
+                self._freeze_one(state)
+        else:
+            self._go.set()
+            for thread in self._workers:
+                thread.join(max(0.0, deadline - time.time()))
+            self._threads = [thread for thread in self._workers if thread.is_alive()]
+            if self._threads:  # the deadline: those still waiting their turn must not go on
+                self._abort.set()
         stuck = [state for state in self.states if state.status == NOT_ATTEMPTED
                  and state.freeze_start is not None]
         failed = [state for state in self.states if state.status == FAILED] + stuck
@@ -168,21 +205,6 @@ class Freezer(object):
                                 "tolerate to go on)")
             self._abort.set()
 
-    def _run_all(self, work, ordered, deadline=None):
-        """Run `work` for every state: in threads when concurrent, else in plan order."""
-        if not self.concurrent or len(self.states) < 2:
-            for state in self.states:
-                work(state)
-            return
-        threads = [threading.Thread(target=work, args=(state,), daemon=True,
-                                    name="xe-quiesce-{}".format(state.index))
-                   for state in self.states]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(None if deadline is None else max(0.0, deadline - time.time()))
-        self._threads = [thread for thread in threads if thread.is_alive()]
-
     def stuck(self):
         """Threads still inside a FIFREEZE: the guard must not be released yet."""
         self._threads = [thread for thread in self._threads if thread.is_alive()]
@@ -208,6 +230,9 @@ class Freezer(object):
         return problems
 
     def close(self):
+        if not self._go.is_set():  # sync() ran, freeze() did not: let the threads end
+            self._cancelled = True
+            self._go.set()
         for state in self.states:
             if state.fd is not None:
                 self.ops.close(state.fd)

@@ -16,6 +16,7 @@ from . import __version__
 from . import conversation as cv
 from .discovery import Skipped
 from .errors import BusyError, QuiesceError
+from .journal import Journal
 from .plan import FreezePlan
 from .sdnotify import Watchdog, notify, watchdog_interval
 from .session import QuiesceSession, make_plan
@@ -31,9 +32,11 @@ FEATURE = "control/feature-quiesce"
 TOKENS = ("action", "feature", "domain", "status")
 
 
-def plan_for(config, devids):
-    """The session's plan: the configured mounts, else the filesystems on these VBDs."""
-    plan = make_plan(config)
+def plan_for(config, devids, plan=None):
+    """The session's plan: the configured mounts, else the filesystems on these VBDs
+    (of `plan`, the daemon's warm plan, or one made now)."""
+    if plan is None:
+        plan = make_plan(config)
     if config.freeze.mounts:
         return plan
     wanted = {int(devid) for devid in devids}
@@ -49,13 +52,15 @@ class GuestAgent(object):
     """`xe-quiesce run`: advertise, watch C/action, play the guest's part per request."""
 
     def __init__(self, config, client, domain_path=None, session_factory=None,
-                 environ=None):
+                 environ=None, planner=None):
         self.config = config
+        self.planner = planner  # the daemon's warm plan (warm_plan.WarmPlan)
         self.client = client
         self.domain_path = domain_path
         self.session_factory = session_factory or (
             lambda plan: QuiesceSession(config, trigger="xapi", plan=plan))
         self.environ = environ
+        self.journal = Journal(config.state.run_dir)
         self.machine = None
         self.session = None
         self.status_path = None
@@ -63,7 +68,7 @@ class GuestAgent(object):
         self.reconnected = False
         self.running = False
         self.feature_refused = False
-        self.interrupted = False  # set when the journal shows a request cut off by a crash
+        self.interrupted = False  # the session journal shows a xapi session cut off
         self.wake_fd = None  # read end of the signal wake-up pipe while run() runs
 
     # -- life cycle ---------------------------------------------------------------
@@ -110,8 +115,7 @@ class GuestAgent(object):
             raise QuiesceError("xenstore: {}".format(error))
         self.machine = cv.Conversation(self.domain_path, __version__)
         self.client.on_reconnect = self._on_reconnect
-        if self.interrupted:
-            self._recover_interrupted()
+        self._recover_interrupted()
         self.advertise()
         # The domain's identity now, so a resume or migration is seen as a change.
         self.feed(self._read_event("domain"))
@@ -126,7 +130,15 @@ class GuestAgent(object):
         LOG.info("xe-quiesce %s serving %s (%s)", __version__, self.domain_path, self.client.uri)
 
     def _recover_interrupted(self):
-        control = self.machine.control
+        """A request journaled and not closed: the agent died in its conversation.
+
+        The host still waits when C is there with neither a status (its first value is
+        final: never answer twice) nor an action (a new request, served as usual).
+        """
+        request = self.journal.read_request()
+        if request is None and not self.interrupted:
+            return
+        control = (request or {}).get("control") or self.machine.control
         try:
             vss = self.client.read_or(self._home("vss"))
             if vss is not None and not cv.XS_PATH_RE.match(vss):
@@ -134,7 +146,7 @@ class GuestAgent(object):
             waiting = (self.client.exists(control) and
                        not self.client.exists(control + "/status") and
                        not self.client.exists(control + "/action"))
-            for command in self.machine.recover(vss, waiting):
+            for command in self.machine.recover(request, vss, waiting):
                 self.execute(command)
         except XenstoreError as error:
             LOG.warning("cannot clear the interrupted request's keys: %s", error)
@@ -271,11 +283,33 @@ class GuestAgent(object):
             except XenstoreError as error:
                 LOG.debug("at stop, %s: %s", key, error)
 
+    def do_Record(self, request):
+        """The request journal (tmpfs); without it the request is still served."""
+        try:
+            self.journal.write_request(request)
+        except (OSError, QuiesceError) as error:  # QuiesceError: the run dir is gone
+            LOG.error("cannot journal the host's request (a crash now would leave it "
+                      "unanswered): %s", error)
+
     def do_ReadVss(self):
         try:
-            return cv.VssRead(self.client.read_or(self._home("vss")), None)
+            value = self.client.read_or(self._home("vss"))
         except XenstoreValueError as error:  # garbage bytes: the machine reports them
-            return cv.VssRead(None, str(error))
+            return cv.VssRead(None, str(error), None)
+        return cv.VssRead(value, None, self._owner(value))
+
+    def _owner(self, vss):
+        """The domid owning V (its first permission, contract 0.1); "" if V is absent,
+        None if unreadable or not worth looking up (the machine refuses the value)."""
+        if vss is None or not cv.VSS_RE.match(vss):
+            return None
+        try:
+            perms = self.client.get_perms(vss)
+        except XenstoreNotFound:
+            return ""
+        except (XenstorePermissionError, XenstoreValueError):
+            return None
+        return perms[0][1:] if perms else None
 
     def do_ReadVbds(self):
         base = self._home("device/vbd")
@@ -300,7 +334,7 @@ class GuestAgent(object):
 
     def do_StartSession(self, devids):
         try:
-            plan = plan_for(self.config, devids)
+            plan = plan_for(self.config, devids, self.planner() if self.planner else None)
             self.session = self.session_factory(plan)
             summary = self.session.start()
         except BusyError as error:

@@ -258,11 +258,13 @@ class HookSet(object):
         return {"dir": self.directory, "hooks": [hook.to_dict() for hook in self.hooks],
                 "ignored": list(self.ignored), "problems": self.problems()}
 
-    def freeze(self, env, deadline):
+    def freeze(self, env, deadline, cancelled=None):
         """Run `freeze` in name order; returns the names that succeeded.
 
         On a failure, runs `abort` in reverse on the hooks that ran, the failing one
-        included (it may hold half a lock), then raises HookError.
+        included (it may hold half a lock), then raises HookError. `cancelled()`, when
+        given, true once the session is abandoned: no further hook starts, and the
+        running one is stopped as at its timeout.
         """
         refused = self.problems()
         if refused:
@@ -273,8 +275,11 @@ class HookSet(object):
             if time.time() >= deadline:
                 failure = "the session deadline passed before hook {} could run freeze".format(
                     hook.name)
+            elif cancelled is not None and cancelled():
+                failure = "the session was abandoned before hook {} could run freeze".format(
+                    hook.name)
             else:
-                result = self._run(hook, "freeze", env, deadline)
+                result = self._run(hook, "freeze", env, deadline, cancelled)
                 ran.append(hook.name)
                 if result.ok:
                     continue
@@ -317,7 +322,7 @@ class HookSet(object):
                 problems.append("hook {} {}: {}".format(name, action, error))
         return problems
 
-    def _run(self, hook, action, env, deadline=None):
+    def _run(self, hook, action, env, deadline=None, cancelled=None):
         """Run one hook once, bounded by its timeout and `deadline` (epoch seconds)."""
         result = HookResult(hook, action)
         self.results.append(result)
@@ -341,7 +346,11 @@ class HookSet(object):
             return result
         capture = _Capture(proc)
         try:
-            if capture.until(lambda: proc.poll() is not None, started + limit):
+            stop = capture.until(lambda: proc.poll() is not None or bool(
+                cancelled is not None and cancelled()), started + limit)
+            if stop and proc.poll() is None:
+                expiry = "stopped: the session was abandoned"
+            if stop and proc.poll() is not None:
                 capture.drain(DRAIN_GRACE)
                 result.ok = proc.returncode == 0
                 result.message = "hook {} {}: {}".format(hook.name, action, _status(proc))

@@ -2,7 +2,10 @@
 
 `state.json` says what the current (or last) session froze, who owns it, its deadline and
 its guard; it is replaced atomically, so a crash leaves either the old or the new state.
-`last.json` keeps the last result per trigger for `status`. The run directory lives on
+`last.json` keeps the last result per trigger for `status`. `xenstore-request.json` is the
+host's request in progress (conversation.Record): written before the request is
+acknowledged and before it is answered, removed once it is over, so a restart knows
+whether the host still waits and what to answer. The run directory lives on
 tmpfs (/run): writing there never touches a filesystem we freeze.
 
 Every command starts with `reconcile()`: a session whose owner and guard are both gone
@@ -26,6 +29,7 @@ class Journal(object):
         self.ops = ops or FsOps()
         self.state_path = os.path.join(run_dir, "state.json")
         self.last_path = os.path.join(run_dir, "last.json")
+        self.request_path = os.path.join(run_dir, "xenstore-request.json")
 
     def ensure_dir(self):
         try:
@@ -59,6 +63,21 @@ class Journal(object):
         self.ensure_dir()
         state["updated"] = time.time()
         self._store(self.state_path, state)
+
+    def read_request(self):
+        request = self._load(self.request_path)
+        return request if isinstance(request, dict) and "control" in request else None
+
+    def write_request(self, request):
+        """Journal the host's request (None: it is over)."""
+        if request is None:
+            try:
+                os.unlink(self.request_path)
+            except FileNotFoundError:
+                pass
+            return
+        self.ensure_dir()
+        self._store(self.request_path, request)
 
     def last_results(self):
         return self._load(self.last_path) or {}

@@ -71,6 +71,33 @@ class LogGate(logging.Handler):
 
 
 _gate = None
+# syslog(3) priorities, as the journal reads them from a "<N>" line prefix.
+PRIORITIES = ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4),
+              (logging.INFO, 6))
+FORMAT = "xe-quiesce: %(levelname)s: %(message)s"
+
+
+class JournalFormatter(logging.Formatter):
+    """Prefix each record with its syslog priority, so `journalctl -p err` finds errors.
+
+    journald reads a leading "<N>" on a stream line as the priority (systemd.exec(5),
+    SyslogLevelPrefix=, on by default); without it every line would be "info".
+    """
+
+    def format(self, record):
+        priority = next((number for level, number in PRIORITIES if record.levelno >= level), 7)
+        return "<{}>{}".format(priority, logging.Formatter.format(self, record))
+
+
+def stderr_is_journal(environ=None, stream=None):
+    """True when stderr is the journal stream systemd connected ($JOURNAL_STREAM = dev:ino)."""
+    environ = os.environ if environ is None else environ
+    stream = sys.stderr if stream is None else stream
+    try:
+        st = os.fstat(stream.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return environ.get("JOURNAL_STREAM") == "{}:{}".format(st.st_dev, st.st_ino)
 
 
 def setup_logging(verbose=False):
@@ -78,7 +105,8 @@ def setup_logging(verbose=False):
     global _gate
     if _gate is None:
         stream = logging.StreamHandler(sys.stderr)
-        stream.setFormatter(logging.Formatter("xe-quiesce: %(levelname)s: %(message)s"))
+        stream.setFormatter(JournalFormatter(FORMAT) if stderr_is_journal()
+                            else logging.Formatter(FORMAT))
         _gate = LogGate(stream)
         logger = logging.getLogger("xe_quiesce")
         logger.addHandler(_gate)

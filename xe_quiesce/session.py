@@ -9,14 +9,16 @@ knows nothing of who asked. Its safety rules:
   journal and guard report live in the run directory, which must not be planned.
 """
 import fcntl
+import logging
 import os
 import time
 import uuid
 
 from . import logbuffer, procs
 from .blockdev import BlockTopology
+from .cancel import AbandonedError
 from .discovery import discover
-from .errors import BusyError, FreezeError, QuiesceError
+from .errors import BusyError, ConfigError, FreezeError, HookError, QuiesceError
 from .freezer import FROZEN, THAWED, TOLERATED, UNSUPPORTED, Freezer
 from .fsops import FsOps
 from .guard import Guard, request_thaw
@@ -25,11 +27,17 @@ from .journal import ACTIVE, Journal
 from .plan import build_plan
 
 GUARD_EXIT_WAIT = 5.0
+LOG = logging.getLogger(__name__)
+# The level of a session's closing line, by result (others: error).
+END_LEVELS = {"thawed": logging.INFO, "deadline-thawed": logging.WARNING}
 
 
 def make_plan(config, root="/"):
     """Discover and order what a session of this configuration would freeze."""
-    discovery = discover(config.freeze, root=root)
+    try:
+        discovery = discover(config.freeze, root=root)
+    except ConfigError as error:  # "[freeze] mounts: /x is not a mount point"
+        raise config.located(error)
     return build_plan(discovery, BlockTopology(root=root))
 
 
@@ -55,12 +63,17 @@ class RunLock(object):
 
 
 class QuiesceSession(object):
-    def __init__(self, config, trigger, plan=None, journal=None, ops=None, hooks=None):
+    def __init__(self, config, trigger, plan=None, journal=None, ops=None, hooks=None,
+                 guards=None, planner=None):
         self.config = config
         self.trigger = trigger
         self.ops = ops or FsOps()
         self.journal = journal or Journal(config.state.run_dir, ops=self.ops)
         self.plan = plan
+        # The daemon's always-ready guard (guard.GuardService) and warm plan (a callable
+        # returning the current plan); without them each session makes its own.
+        self.guards = guards
+        self.planner = planner or (lambda: make_plan(self.config))
         # None: the configured hook directory; False: no hooks at all (tests).
         self.hooks = HookSet.load(config) if hooks is None else (hooks or None)
         self.session_id = uuid.uuid4().hex[:12]
@@ -69,6 +82,7 @@ class QuiesceSession(object):
         self.guard = None
         self.hooks_ran = []
         self.gate = logbuffer.gate()
+        self.cancel = None  # a cancel.Cancel from a trigger whose asker may stop waiting
 
     @property
     def deadline(self):
@@ -83,7 +97,7 @@ class QuiesceSession(object):
             if active:
                 raise BusyError(busy_message(active))
             if self.plan is None:
-                self.plan = make_plan(self.config)
+                self.plan = self.planner()
             self._refuse_run_dir_on_plan()
             timeout = timeout or self.config.freeze.max_frozen
             now = time.time()
@@ -91,11 +105,14 @@ class QuiesceSession(object):
                 "session": self.session_id, "trigger": self.trigger, "status": "quiescing",
                 "owner": procs.identity(os.getpid()), "started": now,
                 "deadline": now + timeout, "mounts": [], "hooks_run": [], "result": None,
+                "guard_process": self.guards.identity if self.guards else None,
             }
             self.journal.write(self.state)
         try:
             self._run_freeze_hooks()
+            self._cancel_point()
             self._freeze()
+            self._cancel_point()  # asked while FIFREEZE ran: _fail thaws
             # Inside the try: a journal that cannot be written after the freeze must
             # thaw now, not leave the guest frozen until the guard's deadline.
             self.state["status"] = "frozen"
@@ -124,9 +141,29 @@ class QuiesceSession(object):
     def _run_freeze_hooks(self):
         if self.hooks is None:
             return
-        self.hooks_ran = self.hooks.freeze(self.hook_environment(), self.state["deadline"])
+        self.hooks_ran = self._freeze_hooks_or_abandon()
         self.state["hooks_run"] = list(self.hooks_ran)
         self.journal.write(self.state)
+
+    def _freeze_hooks_or_abandon(self):
+        """The hooks' freeze, stopped (and aborted) as soon as the session is cancelled."""
+        try:
+            return self.hooks.freeze(self.hook_environment(), self.state["deadline"],
+                                     cancelled=self._cancel_reason)
+        except HookError as error:
+            reason = self._cancel_reason()
+            if reason:
+                raise AbandonedError("{}; {}".format(reason, error))
+            raise
+
+    def _cancel_reason(self):
+        return self.cancel.reason() if self.cancel is not None else None
+
+    def _cancel_point(self):
+        """Give up here if the trigger's asker stopped waiting (see cancel.py)."""
+        reason = self._cancel_reason()
+        if reason:
+            raise AbandonedError(reason)
 
     def hook_environment(self):
         return hook_environment(self.session_id, self.trigger, self.state["deadline"],
@@ -144,9 +181,10 @@ class QuiesceSession(object):
         self.guard = Guard.start(self.freezer.fds, self.freezer.mount_points,
                                  self.state["deadline"],
                                  self.journal.guard_report_path(self.session_id),
-                                 self.session_id, ops=self.ops)
-        self.state["guard_process"] = procs.identity(self.guard.pid)
-        self.journal.write(self.state)
+                                 self.session_id, service=self.guards)
+        if self.state["guard_process"] != self.guard.identity:
+            self.state["guard_process"] = self.guard.identity
+            self.journal.write(self.state)
         self.gate.hold()
         self.freezer.freeze(self.guard, self.state["deadline"])
 
@@ -162,7 +200,8 @@ class QuiesceSession(object):
         message = str(error) or error.__class__.__name__
         if problems:
             message += "; " + "; ".join(problems)
-        self.journal.finish(self.state, "failed", message)
+        self.journal.finish(self.state, getattr(error, "result", "failed"), message)
+        log_session_end(self.state, self.summary()["frozen"])
 
     def _release_guard(self):
         if self.guard is None:
@@ -171,9 +210,7 @@ class QuiesceSession(object):
             # A FIFREEZE is still in the kernel: closing the pipe at exit (or the
             # deadline) lets the guard keep re-thawing until it returns.
             return
-        self.guard.release()
-        # Its fds pin the mounts: an unmount right after the thaw must not find it alive.
-        procs.wait_gone(self.guard.pid, GUARD_EXIT_WAIT)
+        self.guard.release(GUARD_EXIT_WAIT)
 
     def remaining(self):
         return self.state["deadline"] - time.time()
@@ -196,7 +233,9 @@ class QuiesceSession(object):
                 ", ".join(report["thawed"]), report.get("reason")) + (
                     "; " + message if message else "")
         self.journal.finish(self.state, result, message)
-        return self.summary()
+        summary = self.summary()
+        log_session_end(self.state, summary["frozen"])
+        return summary
 
     def detach(self):
         """Leave the filesystems frozen for another process to thaw (CLI `freeze`)."""
@@ -224,6 +263,19 @@ class QuiesceSession(object):
         }
 
 
+def log_session_end(state, frozen):
+    """The one line each session leaves: trigger, what froze, for how long, the result.
+
+    Written after the thaw (the log gate is open again), as the journal records it.
+    """
+    seconds = (state.get("finished") or time.time()) - state["started"]
+    LOG.log(END_LEVELS.get(state.get("result"), logging.ERROR),
+            "session %s (trigger %s): froze %s; %.2f s from start to end; result %s%s",
+            state["session"], state.get("trigger"), " ".join(frozen) or "nothing",
+            seconds, state.get("result"),
+            ": " + state["message"] if state.get("message") else "")
+
+
 def thaw_from_journal(journal, hooks=None):
     """`xe-quiesce thaw` without a daemon: have the guard thaw, then close the session.
 
@@ -246,6 +298,8 @@ def thaw_from_journal(journal, hooks=None):
                 raise QuiesceError("the deadline guard (pid {}) did not finish thawing within "
                                    "{:.0f} s".format(guard[0], GUARD_EXIT_WAIT))
         closed = journal.reconcile(result="thawed")
+    if closed:
+        log_session_end(closed, [mount["mount_point"] for mount in state.get("mounts", [])])
     if hooks is not None and state.get("hooks_run"):
         hooks.thaw(state["hooks_run"], hook_environment(
             state["session"], state.get("trigger", ""), state["deadline"],

@@ -12,20 +12,23 @@ from .errors import QuiesceError
 CERT_NAME, KEY_NAME = "cert.pem", "key.pem"
 
 
-def certificate_pair(xo_cfg):
-    """(cert, key) paths: configured ones as they are, else made in tls-dir on first use."""
+def certificate_pair(xo_cfg, label="[xo-sync-hook]"):
+    """(cert, key) paths: configured ones as they are, else made in tls-dir on first use.
+
+    `label` names the settings in messages (the guest's config section, or the relay's
+    options)."""
     if xo_cfg.cert_file or xo_cfg.key_file:
         if not (xo_cfg.cert_file and xo_cfg.key_file):
-            raise QuiesceError("[xo-sync-hook] cert-file and key-file go together")
+            raise QuiesceError("{} cert-file and key-file go together".format(label))
         return xo_cfg.cert_file, xo_cfg.key_file
     cert = os.path.join(xo_cfg.tls_dir, CERT_NAME)
     key = os.path.join(xo_cfg.tls_dir, KEY_NAME)
     if not (os.path.exists(cert) and os.path.exists(key)):
-        _make_self_signed(xo_cfg.tls_dir, cert, key)
+        _make_self_signed(xo_cfg.tls_dir, cert, key, label)
     return cert, key
 
 
-def _make_self_signed(directory, cert, key):
+def _make_self_signed(directory, cert, key, label):
     os.makedirs(directory, mode=0o700, exist_ok=True)
     old_umask = os.umask(0o077)
     try:
@@ -36,7 +39,7 @@ def _make_self_signed(directory, cert, key):
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True)
     except FileNotFoundError:
         raise QuiesceError("cannot make the sync hook's certificate: no `openssl` binary; "
-                           "install openssl or set [xo-sync-hook] cert-file and key-file")
+                           "install openssl or set {} cert-file and key-file".format(label))
     finally:
         os.umask(old_umask)
     if result.returncode != 0:
@@ -46,7 +49,7 @@ def _make_self_signed(directory, cert, key):
     os.chmod(cert, 0o644)
 
 
-def server_context(cert, key):
+def server_context(cert, key, label="[xo-sync-hook]"):
     """The server's TLS context (ssl loads here: the daemon needs it only once XO calls)."""
     import ssl
 
@@ -54,7 +57,7 @@ def server_context(cert, key):
     try:
         context.load_cert_chain(cert, key)
     except (OSError, ssl.SSLError) as error:
-        raise QuiesceError("[xo-sync-hook] cannot load {} / {}: {}".format(cert, key, error))
+        raise QuiesceError("{} cannot load {} / {}: {}".format(label, cert, key, error))
     return context
 
 

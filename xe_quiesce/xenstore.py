@@ -5,7 +5,7 @@ dies (leaving the caller blocked forever) when a reply carries an id it does not
 The Linux ``/dev/xen/xenbus`` device does exactly that: old kernels answer WATCH and
 UNWATCH with a made-up reply whose req_id and tx_id are 0, 4.11-era kernels put their
 own counter in every reply, and watch events can arrive before a request's reply
-(guest-tools-xenbus-packaging.md section 2.4). pyxs also has no timeouts and refuses
+(docs/packaging.md, "The xenbus device"). pyxs also has no timeouts and refuses
 empty values and any byte outside 0x20-0x7f.
 
 So this module keeps pyxs for what is safe (``Packet``/``Op``, the wire struct, path

@@ -6,45 +6,64 @@ anyone is a denial-of-service switch. Today's XO never sends the Authorization h
 addresses) is the control that works; `secret-file` adds a Bearer check for clients that
 send it. With neither configured the listener stays off.
 
-Answers: 200 once frozen / thawed; 500 with a short reason when quiescing failed (all
-thawed again); 403 for a client that fails the checks; 404 for other paths and methods;
-409 while another session is active. Nothing on the request path writes to disk, so
-/post-sync is served while the guest is frozen; if it never comes, the session deadline
-thaws (XO skips /post-sync whenever its snapshot call fails).
+Never frozen for an XO that stopped waiting: XO aborts /sync at its syncHookTimeout and
+snapshots anyway, so while the hooks run and the filesystems freeze the /sync connection
+is watched; when the client hangs up, or sends /post-sync meanwhile, or sync-timeout
+(less a margin) passes, the session is abandoned (cancel.py): hooks aborted, nothing
+left frozen.
+
+Answers: 200 once frozen / thawed (and to a /post-sync that abandons its client's
+quiescing /sync); 500 with a short reason when quiescing failed and 503 when it gave up
+(all thawed again); 403 for a client that fails the checks; 404 for any path but exactly
+/sync and /post-sync (a query string is ignored); 405 for methods other than GET; 400
+and 431 for malformed or oversized requests; 409 while another session is active.
+Nothing acts before the request is complete. Nothing on the request path writes to
+disk, so /post-sync is served while the guest is frozen; if it never comes, the session
+deadline thaws (XO skips /post-sync whenever its snapshot call fails).
+
+Idle, the hook is listening sockets and threads blocked in select(): ssl and hmac
+(OpenSSL's libssl and libcrypto, 3-4 MiB of the daemon's memory) load at the first
+connection, its TLS context is made then and kept. The certificate pair is checked at
+start all the same, in a child process (tls.check_pair).
 """
 import base64
+import collections
 import ipaddress
 import logging
 import os
 import select
 import socket
+import socketserver
 import stat
+import sys
 import threading
 
+from .cancel import AbandonedError, Cancel
 from .errors import BusyError, ConfigError, QuiesceError
 from .tls import certificate_pair, check_pair
 
 log = logging.getLogger(__name__)
 
 TRIGGER = "xo"
-LISTEN_BACKLOG = 5
 
 
-def read_secret(path):
-    """The shared secret; the file must be root's and unreadable by others."""
+def read_secret(path, label="[xo-sync-hook]"):
+    """The shared secret; the file must be root's and unreadable by others.
+
+    `label` names the setting in messages (the dom0 relay's is an option)."""
     try:
         info = os.stat(path)
         with open(path, "rb") as handle:
             secret = handle.read().strip()
     except OSError as error:
-        raise ConfigError("[xo-sync-hook] secret-file {}: {}".format(path, error.strerror))
+        raise ConfigError("{} secret-file {}: {}".format(label, path, error.strerror))
     if info.st_uid != 0 and info.st_uid != os.geteuid():
-        raise ConfigError("[xo-sync-hook] secret-file {} must be owned by root".format(path))
+        raise ConfigError("{} secret-file {} must be owned by root".format(label, path))
     if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError("[xo-sync-hook] secret-file {} must not be accessible to group or "
-                          "others (chmod 600)".format(path))
+        raise ConfigError("{} secret-file {} must not be accessible to group or "
+                          "others (chmod 600)".format(label, path))
     if not secret:
-        raise ConfigError("[xo-sync-hook] secret-file {} is empty".format(path))
+        raise ConfigError("{} secret-file {} is empty".format(label, path))
     return secret
 
 
@@ -62,35 +81,246 @@ class AccessPolicy(object):
         if self.networks and not any(client in network for network in self.networks):
             return False
         if self.expected is not None:
-            import hmac  # loaded already with the HTTPS side (xo_http), which calls this
+            import hmac  # with the first request's TLS: hashlib's OpenSSL is not idle memory
 
             given = (authorization or "").encode("latin-1", "replace")
             return hmac.compare_digest(given, self.expected)
         return True
 
 
-def _listen(address, port, family):
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6 and address in ("", "::"):
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        sock.bind((address, port))
-        sock.listen(LISTEN_BACKLOG)
-    except OSError:
-        sock.close()
-        raise
-    return sock
+REQUEST_TIMEOUT = 30.0  # TLS handshake and the whole request: a slow client is dropped
+HEADER_LIMIT = 8192  # request line and headers; XO's are about 250 bytes
+HANGUP = select.POLLRDHUP | select.POLLHUP | select.POLLERR
+PATHS = ("/sync", "/post-sync")
+REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
+           405: "Method Not Allowed", 409: "Conflict", 431: "Request Header Fields Too Large",
+           500: "Internal Server Error", 503: "Service Unavailable"}
+
+
+class IncompleteRequest(Exception):
+    """The client left (or stalled) before the blank line that ends the headers."""
+
+
+class BadRequest(Exception):
+    def __init__(self, status, text):
+        Exception.__init__(self, text)
+        self.status = status
+
+
+Request = collections.namedtuple("Request", "method target path headers")
+
+
+def read_request(recv, limit=HEADER_LIMIT):
+    """Read one complete request head with `recv(n)`; a Request, or raise.
+
+    Only the request line and headers are read (a GET has no body); end-of-file before
+    the blank line is IncompleteRequest, never a request.
+    """
+    data = b""
+    while True:
+        end = _head_end(data)
+        if end is not None:
+            return parse_request(data[:end])
+        if len(data) > limit:
+            raise BadRequest(431, "request headers over {} bytes".format(limit))
+        chunk = recv(4096)
+        if not chunk:
+            raise IncompleteRequest("end of file after {} bytes".format(len(data)))
+        data += chunk
+
+
+def _head_end(data):
+    ends = [index for index in (data.find(b"\r\n\r\n"), data.find(b"\n\n")) if index >= 0]
+    return min(ends) if ends else None
+
+
+def parse_request(head, limit=HEADER_LIMIT):
+    """The request line and headers of `head` (bytes, without the blank line).
+
+    The path is the target as sent, up to any query string (a tag's URL may carry
+    one): `//sync` is not `/sync`.
+    """
+    if len(head) > limit:
+        raise BadRequest(431, "request headers over {} bytes".format(limit))
+    lines = head.decode("latin-1").replace("\r\n", "\n").split("\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1.") or not parts[1]:
+        raise BadRequest(400, "not an HTTP/1 request line")
+    headers = {}
+    for line in lines[1:]:
+        name, colon, value = line.partition(":")
+        if not colon or not name or name != name.strip():
+            raise BadRequest(400, "malformed header line")
+        headers[name.lower()] = value.strip()
+    method, target = parts[0], parts[1]
+    return Request(method, target, target.split("?", 1)[0], headers)
+
+
+class _Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address, family, hook):
+        self.address_family = family
+        self.hook = hook
+        socketserver.TCPServer.__init__(self, address, _Handler, bind_and_activate=False)
+        if family == socket.AF_INET6 and address[0] in ("", "::"):
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        try:
+            self.server_bind()
+            self.server_activate()
+        except OSError:
+            self.server_close()
+            raise
+
+    def handle_error(self, request, client_address):
+        # Expected failures are handled in _Handler; this is the one line for the rest.
+        log.warning("sync hook: request from %s failed: %s", client_address[0],
+                    sys.exc_info()[1])
+
+    def serve_until(self, stop_fd):
+        """Accept until `stop_fd` is readable. socketserver's serve_forever wakes every
+        0.5 s to look for a shutdown request; this blocks until something happens."""
+        while True:
+            try:
+                ready = select.select([self.socket, stop_fd], [], [])[0]
+            except InterruptedError:
+                continue
+            if stop_fd in ready:
+                return
+            self.handle_request()
+
+    def get_request(self):
+        conn, address = self.socket.accept()
+        try:
+            context = self.hook.tls_context()
+        except QuiesceError as error:  # the pair checked at start went bad since
+            conn.close()
+            log.error("sync hook: %s", error)
+            raise OSError(str(error))  # socketserver drops this connection, serves the next
+        return context.wrap_socket(conn, server_side=True, do_handshake_on_connect=False), \
+            address
+
+
+class _Handler(socketserver.BaseRequestHandler):
+    """One connection, one request: TLS, the complete request, the checks, the answer.
+
+    Nothing acts before the blank line that ends the headers has arrived (a client that
+    leaves earlier, as a half request, starts nothing). The connection is closed after
+    the answer, so XO's keep-alive client opens a new one for /post-sync.
+    """
+
+    def handle(self):
+        conn = self.request
+        address = self.client_address[0]
+        conn.settimeout(REQUEST_TIMEOUT)
+        try:
+            conn.do_handshake()
+            request = read_request(conn.recv)
+        except IncompleteRequest as error:
+            log.debug("sync hook: %s left before a complete request (%s)", address, error)
+            return
+        except BadRequest as error:
+            return self._answer(error.status, str(error))
+        except OSError as error:  # ssl.SSLError and socket.timeout are OSErrors
+            log.debug("sync hook: connection from %s failed before a request: %s", address,
+                      error)
+            return
+        hook = self.server.hook
+        if not hook.policy.allows(address, request.headers.get("authorization")):
+            answer = (403, "forbidden")
+        elif request.method != "GET":
+            answer = (405, "only GET is served")
+        elif request.path == "/sync":
+            answer = hook.sync(address, conn)
+        elif request.path == "/post-sync":
+            answer = hook.post_sync(address)
+        else:
+            answer = (404, "not found")
+        log.info("sync hook %s: %s %s -> %s", address, request.method, request.target[:80],
+                 answer[0] if answer else "client gone")
+        if answer is not None and not self._answer(*answer) and request.path == "/sync" \
+                and answer[0] == 200:
+            hook.client_gone_after_freeze(address)
+
+    def _answer(self, code, text):
+        """Send the answer; False (one line in the log) when the client is gone."""
+        body = (text + "\n").encode()
+        head = ["HTTP/1.1 {} {}".format(code, REASONS.get(code, "")),
+                "Server: xe-quiesce", "Content-Type: text/plain",
+                "Content-Length: {}".format(len(body)), "Connection: close"]
+        if code == 405:
+            head.append("Allow: GET")
+        try:
+            self.request.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + body)
+        except OSError as error:  # ssl.SSLError included
+            log.info("sync hook: %s was gone when its %d answer was written (%s)",
+                     self.client_address[0], code, error)
+            return False
+        return True
+
+
+class ConnectionWatch(object):
+    """Sets `cancel` when the client of a /sync hangs up while the session quiesces.
+
+    XO aborts the request at its syncHookTimeout by closing the connection; a reset or
+    a proxy ends it the same way. A client that sent its request waits for the answer
+    without sending more, so a hang-up (POLLRDHUP, POLLHUP, POLLERR) is the only event
+    watched: pipelined bytes would not end the watch. Its thread lives only while a
+    session quiesces.
+    """
+
+    def __init__(self, conn, cancel, address):
+        self.fd = conn.fileno()
+        self.cancel = cancel
+        self.address = address
+        self._stop = os.pipe()
+        self._thread = threading.Thread(target=self._watch, name="xe-quiesce-xo-watch",
+                                        daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        os.write(self._stop[1], b"x")
+        self._thread.join()
+        for fd in self._stop:
+            os.close(fd)
+
+    def _watch(self):
+        poller = select.poll()
+        poller.register(self.fd, HANGUP)
+        poller.register(self._stop[0], select.POLLIN)
+        while True:
+            try:
+                events = dict(poller.poll())
+            except InterruptedError:
+                continue
+            if self._stop[0] in events:
+                return
+            if events.get(self.fd, 0) & HANGUP:
+                if self.cancel.set(client_gone_reason(self.cancel.elapsed())):
+                    log.warning("sync hook: %s closed the /sync connection after %.1f s: the "
+                                "session is abandoned", self.address, self.cancel.elapsed())
+                return
+
+
+GONE = "Xen Orchestra stopped waiting"
+
+
+def hung_up(conn):
+    poller = select.poll()
+    poller.register(conn.fileno(), HANGUP)
+    return bool(poller.poll(0))
+
+
+def client_gone_reason(seconds):
+    return "{} after {:.1f} s".format(GONE, seconds)
 
 
 class SyncHook(object):
-    """The listener and what its two paths do through the daemon's coordinator.
-
-    Idle, it is listening sockets and threads blocked in select(): the HTTPS side (ssl,
-    http.server: about 5 MiB of the daemon's memory) loads at the first connection
-    (xo_http.py) and stays. The certificate pair is checked at start all the same, in a
-    child process (tls.check_pair).
-    """
+    """The listener and what its two paths do through the daemon's coordinator."""
 
     def __init__(self, config, coordinator):
         self.config = config
@@ -101,8 +331,10 @@ class SyncHook(object):
         self._stop_pipe = None
         self.cert = self.key = self._fingerprint = None
         self.context = None
-        self.policy = None
         self._context_lock = threading.Lock()
+        self.policy = None
+        self._lock = threading.Lock()
+        self._syncing = {}  # client address -> the Cancel of its /sync in progress
 
     def off_reason(self):
         if not self.xo.allow_from and not self.xo.secret_file:
@@ -122,9 +354,9 @@ class SyncHook(object):
         self._fingerprint = check_pair(self.cert, self.key)
         self._stop_pipe = os.pipe()
         for address, family in self._addresses():
-            server = _listen(address, self.xo.port, family)
+            server = _Server((address, self.xo.port), family, self)
             self.servers.append(server)
-            thread = threading.Thread(target=self._serve_until, args=(server,),
+            thread = threading.Thread(target=server.serve_until, args=(self._stop_pipe[0],),
                                       name="xe-quiesce-xo", daemon=True)
             thread.start()
             self.threads.append(thread)
@@ -147,34 +379,6 @@ class SyncHook(object):
     def fingerprint(self):
         return self._fingerprint
 
-    def _serve_until(self, server):
-        """Accept until the stop pipe is readable, blocked with no timeout (no wake-ups
-        while idle); one thread per connection."""
-        stop_fd = self._stop_pipe[0]
-        while True:
-            try:
-                ready = select.select([server, stop_fd], [], [])[0]
-            except InterruptedError:
-                continue
-            if stop_fd in ready:
-                return
-            try:
-                conn, address = server.accept()
-            except OSError:
-                continue
-            threading.Thread(target=self._connection, args=(conn, address),
-                             daemon=True).start()
-
-    def _connection(self, conn, address):
-        try:
-            from .xo_http import serve_connection  # the HTTPS side, at the first connection
-
-            serve_connection(self, conn, address)
-        except Exception:
-            log.info("sync hook: connection from %s failed", address[0], exc_info=True)
-        finally:
-            conn.close()
-
     def tls_context(self):
         """The server's TLS context, made at the first connection and kept."""
         with self._context_lock:
@@ -191,21 +395,64 @@ class SyncHook(object):
         for thread in self.threads:
             thread.join()
         for server in self.servers:
-            server.close()
+            server.server_close()
         for fd in self._stop_pipe:
             os.close(fd)
         self.servers, self.threads, self._stop_pipe = [], [], None
 
-    def sync(self):
+    def sync(self, address, conn):
+        """Quiesce for the client at `address` on `conn`; the answer, or None when the
+        client is gone (nothing is left frozen for it)."""
+        cancel = Cancel()
+        with self._lock:
+            if address in self._syncing:
+                return 409, "busy: a xo session is starting"
+            self._syncing[address] = cancel
+        timeout = self.xo.sync_timeout
+        timer = cancel.after(timeout - give_up_margin(timeout), (
+            "not quiesced within [xo-sync-hook] sync-timeout ({:g} s, less a {:g} s margin)"
+            .format(timeout, give_up_margin(timeout))))
         try:
-            summary = self.coordinator.freeze(TRIGGER)
+            with ConnectionWatch(conn, cancel, address):
+                summary = self.coordinator.freeze(TRIGGER, cancel=cancel)
         except BusyError as error:
             return 409, "busy: {}".format(error)
+        except AbandonedError as error:
+            if cancel.reason().startswith(GONE):
+                return None
+            return 503, "gave up, nothing is frozen: {}".format(error)
         except QuiesceError as error:
             return 500, "quiesce failed, nothing is frozen: {}".format(error)
+        finally:
+            timer.cancel()
+            with self._lock:
+                del self._syncing[address]
+                late = cancel.reason()
+        if not late and hung_up(conn):  # left after the watch ended: it will not snapshot
+            late = client_gone_reason(cancel.elapsed())
+        if late:  # asked between the session's last cancel point and now
+            self._thaw_for(address, late)
+            return None if late.startswith(GONE) else (503, late)
         return 200, "frozen: {}".format(" ".join(summary["frozen"]) or "nothing")
 
-    def post_sync(self):
+    def client_gone_after_freeze(self, address):
+        """The 200 to /sync could not be written: XO is not going to snapshot this."""
+        self._thaw_for(address, "Xen Orchestra was gone when /sync was answered")
+
+    def _thaw_for(self, address, reason):
+        try:
+            summary = self.coordinator.thaw(TRIGGER, may_thaw=(TRIGGER,))
+        except BusyError:
+            return
+        if summary is not None:
+            log.warning("sync hook: %s: %s; thawed (%s)", address, reason, summary["result"])
+
+    def post_sync(self, address):
+        with self._lock:
+            cancel = self._syncing.get(address)
+            if cancel is not None and self.coordinator.quiescing_under(cancel):
+                cancel.set("Xen Orchestra sent /post-sync while /sync was still quiescing")
+                return 200, "abandoned: {}".format(cancel.reason())
         try:
             summary = self.coordinator.thaw(TRIGGER, may_thaw=(TRIGGER,))
         except BusyError as error:
@@ -213,3 +460,9 @@ class SyncHook(object):
         if summary is None:
             return 200, "nothing was frozen"
         return 200, "{}: {}".format(summary["result"], " ".join(summary["frozen"]))
+
+
+def give_up_margin(sync_timeout):
+    """How long before XO's timeout an unfinished /sync gives up: time for the answer to
+    reach XO and for XO's own timer to drift; a tenth, between 0.5 and 5 s."""
+    return min(5.0, max(0.5, sync_timeout / 10.0), sync_timeout / 2.0)

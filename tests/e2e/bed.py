@@ -38,7 +38,7 @@ RUN = images.CACHE / "run"
 # conversation once; the failure paths run on PV, and C xenstored gets the main path.
 BOOTS = {
     "oxenstored": ("oxenstored", "pv:smoke+success+no-answer+sigkill/pvh:success", 1200),
-    "cxenstored": ("cxenstored", "pv:success", 600),
+    "cxenstored": ("cxenstored", "pv:success+relay", 600),
 }
 # Under emulation every mitigation and self-test costs seconds; this is a test bed.
 FAST_LINUX = "mitigations=off cryptomgr.notests random.trust_cpu=on"
@@ -151,6 +151,7 @@ def assemble(imgs, mode, deb):
     copy_tree(HERE / "guest", dom0 / "e2e/guest")
     if SRC.exists():
         copy_tree(SRC, dom0 / "e2e/src/xe_quiesce")
+    relay_parts(dom0)
     shutil.copy(str(imgs.vmlinuz), str(dom0 / "boot/vmlinuz"))
     shutil.copy(str(imgs.domu_boot), str(dom0 / "e2e/domu-boot.cpio"))
     target = RUN / "dom0.cpio"
@@ -158,6 +159,34 @@ def assemble(imgs, mode, deb):
     cpio(dom0, target)
     shutil.rmtree(str(dom0))
     return target, disk
+
+
+def relay_parts(dom0):
+    """What the relay scenario needs in dom0 beside the tree: XO's client (this machine's
+    node, a standalone binary, and the pinned package of tests/xo), XenAPI, the tests'
+    XAPI stand-in, a certificate (dom0 has no openssl). Missing parts: it SKIPs."""
+    sys.path.insert(0, str(REPO))
+    from tests.xo import client
+    node = shutil.which("node")
+    xenapi = sorted(REPO.glob(".venv/lib/python3*/site-packages/XenAPI"))
+    if not node or not client.installed() or not xenapi:
+        log("relay scenario: no node, XO package or XenAPI here; it will SKIP")
+        return
+    (dom0 / "usr/bin").mkdir(parents=True, exist_ok=True)
+    shutil.copy(node, str(dom0 / "usr/bin/node"))
+    (dom0 / "e2e/xo").mkdir(parents=True)
+    for name in ("client.py", "driver.mjs", "package-lock.json"):
+        shutil.copy(str(REPO / "tests/xo" / name), str(dom0 / "e2e/xo"))
+    shutil.copytree(client.modules_dir(), str(dom0 / client.modules_dir().lstrip("/")),
+                    symlinks=True)
+    copy_tree(xenapi[-1], dom0 / "e2e/src/XenAPI")
+    shutil.copy(str(REPO / "tests/xapi_server.py"), str(dom0 / "e2e"))
+    tls = dom0 / "e2e/relay-tls"
+    tls.mkdir()
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", "/CN=e2e-dom0", "-keyout", str(tls / "key.pem"),
+                    "-out", str(tls / "cert.pem")], check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
 
 
 def qemu_command(imgs, initrd, disk, serial, xenstored, plan, mode):

@@ -4,11 +4,16 @@ debootstrap takes minutes, so each suite is built once and kept as a tarball und
 /var/cache/xe-quiesce/chroots/; a test run only unpacks it (seconds).  The tarball
 also holds fresh apt lists and the downloaded .debs of our dependencies, so a cached
 run installs the package with apt's real dependency resolution but without the
-network.  Delete a tarball to rebuild that suite.
+network.  The tarball's name carries a hash of its recipe (mirror, packages, this
+module's build code), so a changed recipe builds a new one instead of reusing a stale
+tarball; delete old ones at will.
 
 Run as a script to prebuild: ``python3 tests/packaging/chroots.py bullseye trixie``.
 """
 import contextlib
+import hashlib
+import inspect
+import json
 import os
 import shutil
 import subprocess
@@ -18,15 +23,23 @@ import tempfile
 CACHE_DIR = os.environ.get("XEQ_CHROOT_CACHE", "/var/cache/xe-quiesce/chroots")
 MIRROR = "http://deb.debian.org/debian"
 # systemd: gives the chroot deb-systemd-helper's real target (and systemctl) as on a
-# normal install; the python3-* packages are our Depends, fetched into the cache only.
+# normal install; the python3-* packages are our Depends, and openrc what the OpenRC
+# test installs, fetched into the cache only.
 INCLUDE = ["systemd"]
-DEPENDS = ["python3-pyxs", "python3-psutil", "python3-click"]
+DEPENDS = ["python3-pyxs", "python3-psutil", "python3-click", "openrc"]
 # Keep maintainer scripts from starting services inside the chroot (policy-rc.d(8)).
 POLICY_RC_D = "#!/bin/sh\nexit 101\n"
 
 
+def recipe_key(suite):
+    """A short hash of everything that makes the suite's tarball what it is."""
+    recipe = json.dumps([suite, MIRROR, INCLUDE, DEPENDS, POLICY_RC_D,
+                         inspect.getsource(build), inspect.getsource(run_in)])
+    return hashlib.sha256(recipe.encode()).hexdigest()[:12]
+
+
 def tarball(suite):
-    return os.path.join(CACHE_DIR, suite + ".tar.zst")
+    return os.path.join(CACHE_DIR, "%s-%s.tar.zst" % (suite, recipe_key(suite)))
 
 
 def run_in(root, *argv, check=True, env=None):

@@ -43,9 +43,20 @@ def deb(version):
     return _built("%s_%s_all.deb" % (PKG_NAME, version))[0]
 
 
+def target_rpm(version, dist):
+    """The package built for one target (dist tag el8, el9, el10, fc42, ...)."""
+    return _built("%s-%s-1.%s.noarch.rpm" % (PKG_NAME, version, dist))[0]
+
+
 @pytest.fixture(scope="session")
 def rpm_systemd(version):
-    return _built("%s-%s-1.noarch.rpm" % (PKG_NAME, version))[0]
+    """The EL 9 package stands for the systemd packages in the checks they share."""
+    return target_rpm(version, "el9")
+
+
+@pytest.fixture(scope="session")
+def srpm(version):
+    return _built("%s-%s-1.src.rpm" % (PKG_NAME, version))[0]
 
 
 @pytest.fixture(scope="session")

@@ -20,13 +20,22 @@ TOOLS_UNITS = ["xe-linux-distribution.service", "xe-daemon.service",
                "xen-guest-agent.service"]
 
 
+class Root(str):
+    """The chroot's path, with what the package's install printed."""
+
+    def __new__(cls, path, install_output):
+        self = str.__new__(cls, path)
+        self.install_output = install_output
+        return self
+
+
 @pytest.fixture(scope="module", params=SUITES)
 def root(request, deb):
     with chroots.unpacked(request.param) as path:
         shutil.copy(deb, os.path.join(path, "tmp", os.path.basename(deb)))
-        chroots.run_in(path, "apt-get", "install", "-y", "-q", "--no-install-recommends",
-                       "/tmp/" + os.path.basename(deb))
-        yield path
+        install = chroots.run_in(path, "apt-get", "install", "-y", "-q",
+                                 "--no-install-recommends", "/tmp/" + os.path.basename(deb))
+        yield Root(path, install.stdout)
 
 
 def exists(root, relpath):
@@ -61,13 +70,39 @@ def test_config_is_a_conffile(root):
     assert os.path.isdir(os.path.join(root, "etc/xe-quiesce/hooks.d"))
 
 
-def test_unit_enabled_for_multi_user_and_the_guest_tools(root):
-    for wanted_by in ["multi-user.target"] + TOOLS_UNITS:
-        link = os.path.join(root, "etc/systemd/system", wanted_by + ".wants",
-                            "xe-quiesce.service")
-        assert os.path.islink(link), link
-        assert os.readlink(link).endswith("/systemd/system/xe-quiesce.service")
-        assert exists(root, os.readlink(link).lstrip("/"))
+def test_install_prints_no_warning_about_missing_units(root):
+    """The install in the fixture ran apt; its output must not name a non-existent unit
+    (what WantedBy= on the guest tools' units used to print, three times)."""
+    assert "non-existent unit" not in root.install_output, root.install_output
+
+
+def test_unit_enabled_for_multi_user_and_pulled_in_by_the_guest_tools(root):
+    link = os.path.join(root, "etc/systemd/system/multi-user.target.wants/xe-quiesce.service")
+    assert os.path.islink(link), link
+    assert os.readlink(link).endswith("/systemd/system/xe-quiesce.service")
+    assert exists(root, os.readlink(link).lstrip("/"))
+    unit_dir = os.path.dirname(os.readlink(link)).lstrip("/")
+    for unit in TOOLS_UNITS:
+        assert not exists(root, os.path.join("etc/systemd/system", unit + ".wants"))
+        with open(os.path.join(root, unit_dir, unit + ".d", "xe-quiesce.conf")) as fh:
+            assert "Wants=xe-quiesce.service\nBefore=xe-quiesce.service\n" in fh.read()
+
+
+def test_systemd_analyze_verifies_a_guest_tools_unit_with_our_drop_in(root):
+    """A stand-in xe-daemon.service in the root: with our drop-in it still verifies, and
+    nothing is said about the drop-in (its keys are valid [Unit] settings)."""
+    unit_dir = next(d for d in UNIT_DIRS if exists(root, os.path.join(d, "xe-quiesce.service")))
+    stand_in = os.path.join(root, unit_dir, "xe-daemon.service")
+    with open(stand_in, "w") as fh:
+        fh.write("[Service]\nExecStart=/bin/true\n")
+    try:
+        proc = subprocess.run(["systemd-analyze", "verify", "--man=no", "--root=" + root,
+                               "xe-daemon.service"], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, universal_newlines=True)
+    finally:
+        os.remove(stand_in)
+    assert proc.returncode == 0, proc.stdout
+    assert [line for line in proc.stdout.splitlines() if "xe-quiesce" in line] == []
 
 
 def test_sysvinit_script_enabled(root):
@@ -127,6 +162,7 @@ def test_init_script_lifecycle_in_a_xen_guest(root, launcher):
     via the RHEL-style fallback (start-stop-daemon moved out of the way)."""
     binary = os.path.join(root, "usr/bin/xe-quiesce")
     hypervisor = os.path.join(root, "sys/hypervisor")
+    xenbus = os.path.join(root, "dev/xen/xenbus")
     ssd = chroots.run_in(root, "sh", "-c", "command -v start-stop-daemon").stdout.strip()
     shutil.copy2(binary, binary + ".real")
     try:
@@ -135,6 +171,8 @@ def test_init_script_lifecycle_in_a_xen_guest(root, launcher):
         os.makedirs(hypervisor)
         with open(os.path.join(hypervisor, "type"), "w") as fh:
             fh.write("xen\n")
+        os.makedirs(os.path.dirname(xenbus))
+        open(xenbus, "w").close()
         if launcher == "setsid":
             os.rename(root + ssd, root + ssd + ".off")
         out = chroots.run_in(root, "sh", "-c", LIFECYCLE).stdout
@@ -143,7 +181,24 @@ def test_init_script_lifecycle_in_a_xen_guest(root, launcher):
         if os.path.exists(root + ssd + ".off"):
             os.rename(root + ssd + ".off", root + ssd)
         shutil.rmtree(hypervisor, ignore_errors=True)
+        shutil.rmtree(os.path.dirname(xenbus), ignore_errors=True)
         os.replace(binary + ".real", binary)
+
+
+def test_init_script_in_a_xen_guest_without_xenbus_says_so_and_does_not_start(root):
+    """An HVM guest without PV drivers: one line, no failed start, nothing running."""
+    hypervisor = os.path.join(root, "sys/hypervisor")
+    os.makedirs(hypervisor)
+    try:
+        with open(os.path.join(hypervisor, "type"), "w") as fh:
+            fh.write("xen\n")
+        start = chroots.run_in(root, "/etc/init.d/xe-quiesce", "start", check=False)
+        status = chroots.run_in(root, "/etc/init.d/xe-quiesce", "status", check=False)
+    finally:
+        shutil.rmtree(hypervisor, ignore_errors=True)
+    assert (start.returncode, start.stdout) == (
+        0, "xe-quiesce: no xenbus device (/dev/xen/xenbus, /proc/xen/xenbus): not starting\n")
+    assert status.returncode == 3
 
 
 def test_remove_keeps_config_then_purge_removes_everything(root):
@@ -161,8 +216,8 @@ def test_remove_keeps_config_then_purge_removes_everything(root):
             "var/lib/systemd/deb-systemd-helper-enabled/xe-quiesce.service.dsh-also",
             "usr/share/man/man8/xe-quiesce.8.gz", "usr/lib/python3/dist-packages/xe_quiesce"]
     left += [os.path.join(d, "xe-quiesce.service") for d in UNIT_DIRS]
-    left += [os.path.join("etc/systemd/system", unit + ".wants", "xe-quiesce.service")
-             for unit in ["multi-user.target"] + TOOLS_UNITS]
+    left += [os.path.join(d, unit + ".d") for d in UNIT_DIRS for unit in TOOLS_UNITS]
+    left += ["etc/systemd/system/multi-user.target.wants/xe-quiesce.service"]
     left += [os.path.join("etc", rc, name) for rc in os.listdir(os.path.join(root, "etc"))
              if rc.startswith("rc") and rc.endswith(".d")
              for name in os.listdir(os.path.join(root, "etc", rc)) if "xe-quiesce" in name]

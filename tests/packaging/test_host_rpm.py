@@ -15,9 +15,13 @@ SHARE = "/usr/share/xe-quiesce-host"
 SYS_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8"}
 
 
-@pytest.fixture(scope="module")
-def host_rpm(version):
-    return _built("%s-%s-1.noarch.rpm" % (HOST_PKG, version))[0]
+# XCP-ng's dist tags; dom0's python3 is 3.6 on both.
+HOST_DISTS = ["xcpng8.2", "xcpng8.3"]
+
+
+@pytest.fixture(scope="module", params=HOST_DISTS)
+def host_rpm(request, version):
+    return _built("%s-%s-1.%s.noarch.rpm" % (HOST_PKG, version, request.param))[0]
 
 
 @pytest.fixture(scope="module")
@@ -41,24 +45,34 @@ def test_files(host_rpm):
             SHARE + "/fallback/XenAPI/XenAPI.py", SHARE + "/fallback/XenAPIPlugin.py",
             "/usr/share/doc/xe-quiesce-host-%s/README.md" % rpm_q(host_rpm, "--qf",
                                                                  "%{VERSION}")} <= listed
-    # private: nothing in site-packages (no clash with the guest package), no service
-    assert not [p for p in listed if "site-packages" in p or "systemd" in p or "init.d" in p]
+    # private: nothing in site-packages (no clash with the guest package); the one
+    # service is the relay's, installed off
+    assert not [p for p in listed if "site-packages" in p or "init.d" in p]
+    assert [p for p in listed if "systemd" in p] == [
+        "/usr/lib/systemd/system/xe-quiesce-relay.service"]
     modes = dict(line.split() for line in rpm_q(
         host_rpm, "--qf", "[%{FILENAMES} %{FILEMODES:perms}\n]").splitlines())
     assert modes["/etc/xapi.d/plugins/xe-quiesce"] == "-rwxr-xr-x"
     assert modes["/usr/bin/xe-quiesce-host"] == "-rwxr-xr-x"
 
 
-def test_noarch_without_scriptlets(host_rpm):
-    """Nothing runs at install: XAPI finds plugins by name, no toolstack restart."""
+def test_noarch_scriptlets_only_for_the_relay_unit(host_rpm):
+    """XAPI finds plugins by name (no toolstack restart); the scriptlets only reload
+    systemd, never enable the relay, and stop it at removal."""
     assert rpm_q(host_rpm, "--qf", "%{ARCH}") == "noarch"
-    assert rpm_q(host_rpm, "--scripts").strip() == ""
+    scripts = rpm_q(host_rpm, "--scripts")
+    commands = re.findall(r"/usr/bin/systemctl ([a-z -]+?) ?(?:xe-quiesce-relay\.service|>)",
+                          scripts)
+    assert commands == ["daemon-reload", "--no-reload disable --now", "try-restart"], scripts
+    assert "xapi" not in scripts and "enable " not in scripts.replace("disable ", "")
 
 
-def test_requires_only_python3_and_xapi(host_rpm):
+def test_requires_only_python3_xapi_and_sh(host_rpm):
     requires = {line.split()[0] for line in rpm_q(host_rpm, "--requires").splitlines()
                 if not line.startswith("rpmlib(")}
-    assert requires == {"/usr/bin/python3", "python3", "xapi-core"}
+    # /bin/sh: the relay unit's scriptlets
+    assert requires == {"/bin/sh", "/usr/bin/python3", "python3", "python(abi)", "xapi-core"}
+    assert "python(abi) = 3.6" in rpm_q(host_rpm, "--requires")
     provides = rpm_q(host_rpm, "--provides")
     for bundled in ("python3-pyxs) = 0.4.1", "python3-click) = 7.1.2",
                     "python3-XenAPI) = 26.21.1"):
@@ -73,6 +87,19 @@ def test_rpmlint_clean(host_rpm):
                           universal_newlines=True)
     assert proc.returncode == 0 and re.search(r"\b0 errors, 0 warnings\b", proc.stdout), \
         proc.stdout
+
+
+def test_payload_grammar_fits_dom0_python_3_6(payload):
+    """vermin over the exact payload (ours and what is bundled), for dom0's Python 3.6."""
+    files = [os.path.join(d, name) for d, _, names in os.walk(payload) for name in names
+             if name.endswith(".py")]
+    files += [os.path.join(payload, "usr/bin/xe-quiesce-host"),
+              os.path.join(payload, "etc/xapi.d/plugins/xe-quiesce")]
+    proc = subprocess.run([os.path.join(REPO, ".venv/bin/vermin"), "--no-tips", "--violations",
+                           "--target=3.6-", "--eval-annotations"] + files,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          universal_newlines=True)
+    assert proc.returncode == 0, proc.stdout
 
 
 def relocated(payload, path):

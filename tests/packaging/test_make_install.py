@@ -22,6 +22,9 @@ def test_make_install_into_destdir(init_script):
         assert {"etc/xe-quiesce/xe-quiesce.conf", "etc/init.d/xe-quiesce",
                 "usr/lib/systemd/system/xe-quiesce.service", "usr/share/man/man8/xe-quiesce.8",
                 "usr/share/bash-completion/completions/xe-quiesce"} <= installed
+        assert {"usr/lib/systemd/system/%s.d/xe-quiesce.conf" % unit for unit in [
+            "xe-linux-distribution.service", "xe-daemon.service", "xen-guest-agent.service"]} \
+            <= installed
         assert os.path.isdir(os.path.join(dest, "etc/xe-quiesce/hooks.d"))
         # Unit and init script start the command where pip put it.
         with open(os.path.join(dest, "usr/lib/systemd/system/xe-quiesce.service")) as fh:

@@ -3,7 +3,7 @@
 The client opens ``emulator.path`` (a symlink to a pty slave) exactly as it opens
 the real device; the emulator reads its requests from the pty master and forwards
 them to a real xenstored's unix socket, behaving like Linux's
-``xenbus_dev_frontend`` (guest-tools-xenbus-packaging.md section 2.4):
+``xenbus_dev_frontend`` (docs/packaging.md, "The xenbus device"):
 
 - WATCH/UNWATCH are not forwarded as such: the emulator registers its own watch
   under its own token, answers the client with a reply it makes up, and maps events

@@ -1,4 +1,4 @@
-"""A real xenstored (C or OCaml, Xen 4.17) on a unix socket, for tests (testbed.md tier 1).
+"""A real xenstored (C or OCaml, Xen 4.17) on a unix socket, for tests (tier 1).
 
 The daemons need the hypervisor; ``xenstored_shim.c``, preloaded, fakes the few
 hypervisor calls they make. The shim is compiled here with gcc, once per source

@@ -1,6 +1,6 @@
 /*
  * LD_PRELOAD shim that lets Debian's xenstored and oxenstored (Xen 4.17) run on a
- * machine without Xen, serving the real store on a unix socket (testbed.md, tier 1).
+ * machine without Xen, serving the real store on a unix socket (the tier-1 test rig).
  *
  * Why each fake exists:
  * - Without -D the daemons introduce dom0, which needs the hypervisor libraries

@@ -136,28 +136,43 @@ def vm_lock(lock_dir, vm_uuid):
         os.close(fd)
 
 
-class Snapshotter(object):
+class SnapshotTaker(object):
+    """snapwatchd's take_snapshot callback, the part every taker shares: the VM's disks
+    (a quiesced snapshot covers exactly those), the snapshot's uuid once there, and why
+    it failed (`error`, for the admin: the guest only hears snapshots-failed)."""
+
+    def __init__(self, vm_disks):
+        self.vm_disks = sorted(vm_disks)
+        self.uuid = None
+        self.error = None
+
+    def fail(self, text):
+        self.error = text
+        raise HostError(text)
+
+    def check_disks(self, vdis, whole_vm):
+        if not whole_vm or sorted(vdis) != self.vm_disks:
+            self.fail("the guest listed the disks {} but the VM's are {}: a quiesced "
+                      "snapshot covers exactly the VM's disks".format(
+                          ", ".join(sorted(vdis)) or "none",
+                          ", ".join(self.vm_disks) or "none"))
+
+
+class Snapshotter(SnapshotTaker):
     """snapwatchd's take_snapshot on XAPI: VM.snapshot of the whole VM, remembered so
     that a failed conversation can destroy what it produced."""
 
     def __init__(self, api, vm_ref, name, vm_disks):
+        SnapshotTaker.__init__(self, vm_disks)
         self.api = api
         self.vm_ref = vm_ref
         self.name = name
-        self.vm_disks = sorted(vm_disks)
         self.taken = []
-        self.uuid = None
-        self.error = None
         self.idle = threading.Event()
         self.idle.set()
 
     def __call__(self, vdis, whole_vm):
-        if not whole_vm or sorted(vdis) != self.vm_disks:
-            self.error = ("the guest listed the disks {} but the VM's are {}: a quiesced "
-                          "snapshot covers exactly the VM's disks".format(
-                              ", ".join(sorted(vdis)) or "none",
-                              ", ".join(self.vm_disks) or "none"))
-            raise HostError(self.error)
+        self.check_disks(vdis, whole_vm)
         self.idle.clear()
         try:
             ref = self.api.VM.snapshot(self.vm_ref, self.name)
@@ -165,8 +180,7 @@ class Snapshotter(object):
             self.uuid = self.api.VM.get_uuid(ref)
             return SnapshotResult(self.uuid, snapshot_disks(self.api, ref))
         except xenapi().Failure as error:
-            self.error = "VM.snapshot failed: " + describe(error)
-            raise HostError(self.error)
+            self.fail("VM.snapshot failed: " + describe(error))
         finally:
             self.idle.set()
 
@@ -183,9 +197,37 @@ class Snapshotter(object):
 
 def quiesced_snapshot(api, settings, ref, record, name, timeout, snapshot_timeout):
     """The three removed roles for one request; returns the snapshot's uuid."""
+    taker = Snapshotter(api, ref, name, vm_disk_uuids(api, record))
+    try:
+        answer = converse(settings, record, taker, timeout, snapshot_timeout)
+    except ConversationFailed as error:
+        raise GuestCannotQuiesce(_with_cleanup(str(error), taker.discard()))
+    try:
+        annotate(api, taker.taken[-1], QUIESCED_TAG, {MANIFEST_KEY: answer.snapid})
+    except xenapi().Failure as error:
+        raise HostError(_with_cleanup("cannot tag snapshot {}: {}".format(
+            answer.snapuuid, describe(error)), taker.discard()))
+    return answer.snapuuid
+
+
+class ConversationFailed(GuestCannotQuiesce):
+    """The guest was asked and did not deliver: the message says why, in words."""
+
+
+def vm_disk_uuids(api, record):
+    """The VM's non-CD VDIs: what snapwatchd compared the guest's list with (2.11)."""
+    return [disk["vdi"] for disk in disks(api, record) if disk["type"] != "CD" and disk["vdi"]]
+
+
+def converse(settings, record, taker, timeout, snapshot_timeout):
+    """xenopsd's keys, then XAPI's request answered by snapwatchd with `taker`
+    (called while the guest is frozen, `taker.uuid` the snapshot it produced).
+
+    Returns XAPI's QuiescedSnapshot. Raises GuestCannotQuiesce before anything is
+    asked of a guest that advertises no agent, ConversationFailed afterwards.
+    Shared by `snapshot` (taker: VM.snapshot) and the relay (taker: waits for XO's).
+    """
     vm_uuid, domid = record["uuid"], int(record["domid"])
-    vm_disks = [disk["vdi"] for disk in disks(api, record) if disk["type"] != "CD" and disk["vdi"]]
-    taker = Snapshotter(api, ref, name, vm_disks)
     with XenstoreClient(settings.xenstore) as client:
         home = guest_home(client, domid, vm_uuid)
         try:
@@ -199,30 +241,22 @@ def quiesced_snapshot(api, settings, ref, record, name, timeout, snapshot_timeou
         client.rm(vss + "/status")  # a leftover request must not be answered now
         stop = threading.Event()
         # snapwatchd on its own xenstore connection, as the real daemon had.
-        snapwatchd = Snapwatchd(XenstoreClient(settings.xenstore), vss, home, vm_disks, taker,
-                                snapshot_timeout=snapshot_timeout)
+        snapwatchd = Snapwatchd(XenstoreClient(settings.xenstore), vss, home, taker.vm_disks,
+                                taker, snapshot_timeout=snapshot_timeout)
         server = threading.Thread(target=_serve, name="snapwatchd", daemon=True,
                                   args=(snapwatchd, stop))
         server.start()
         try:
-            answer = xapi_role.snapshot_with_quiesce(
+            return xapi_role.snapshot_with_quiesce(
                 client, home, vm_uuid, ack_timeout=settings.ack_timeout,
                 status_timeout=timeout, known_vm=lambda uuid: uuid == taker.uuid)
         except xapi_role.XapiError as error:
-            answer, failure = None, error
+            failure = error
         finally:
             stop.set()
             server.join(5.0)
-    if answer is None:
-        host_error = taker.error or snapwatchd.failed_because
-        raise GuestCannotQuiesce(_with_cleanup(
-            explain(failure, settings.ack_timeout, timeout, host_error), taker.discard()))
-    try:
-        annotate(api, taker.taken[-1], QUIESCED_TAG, {MANIFEST_KEY: answer.snapid})
-    except xenapi().Failure as error:
-        raise HostError(_with_cleanup("cannot tag snapshot {}: {}".format(
-            answer.snapuuid, describe(error)), taker.discard()))
-    return answer.snapuuid
+    host_error = taker.error or snapwatchd.failed_because
+    raise ConversationFailed(explain(failure, settings.ack_timeout, timeout, host_error))
 
 
 def guest_home(client, domid, vm_uuid):

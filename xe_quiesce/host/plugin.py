@@ -9,21 +9,23 @@ message) to the caller.
     snapshot  args vm (uuid or name-label), name, timeout (s), snapshot_timeout (s),
               fallback (crash-consistent); returns the snapshot's uuid
     check     args vm; returns the check report as JSON
+              or args all=true: the pool's running VMs (check --all), as JSON;
+              all=here: this host's only (what check --all asks of each other host)
 """
 import json
 
-from . import companion, xapi_role
+from . import companion, fleet, xapi_role
 from .xenapi_ops import HostError, api_errors, rebind
 
 SNAPSHOT_ARGS = ("vm", "name", "timeout", "snapshot_timeout", "fallback")
 
 
-def _args(args, known):
+def _args(args, known, need_vm=True):
     unknown = sorted(set(args) - set(known))
     if unknown:
         raise HostError("unknown argument(s) {} (known: {})".format(
             ", ".join(unknown), ", ".join(known)))
-    if not args.get("vm"):
+    if need_vm and not args.get("vm"):
         raise HostError("the argument vm (a VM uuid or name-label) is required")
     return args
 
@@ -53,8 +55,22 @@ def snapshot(session, args):
     return outcome.uuid
 
 
+ALL_VALUES = ("true", fleet.HERE)
+
+
 def check(session, args):
-    args = _args(args, ("vm",))
+    every = args.get("all")
+    if every is not None:
+        args = _args(args, ("all",), need_vm=False)
+        if every not in ALL_VALUES:
+            raise HostError("all must be one of {}, not {!r}".format(
+                ", ".join(ALL_VALUES), every))
+        settings = companion.Settings.from_env()
+        with api_errors("check of the pool"):
+            report = fleet.fleet(_api(session, settings), settings,
+                                 here_only=every == fleet.HERE)
+        return json.dumps(report, sort_keys=True)
+    args = _args(args, ("vm", "all"))
     settings = companion.Settings.from_env()
     with api_errors("check of {}".format(args["vm"])):
         report = companion.check(_api(session, settings), settings, args["vm"])

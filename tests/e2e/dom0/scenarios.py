@@ -20,6 +20,7 @@ import uuid
 
 sys.path[:0] = ["/e2e", "/e2e/dom0", "/e2e/src"]
 import copies  # noqa: E402
+import relay  # noqa: E402
 import xscli  # noqa: E402
 from guest import Guest, GuestError, make_disks  # noqa: E402
 from spy import Spy  # noqa: E402
@@ -298,8 +299,44 @@ def scenario_sigkill(bed):
             last[0], detail)
 
 
+def scenario_relay(bed):
+    """XO's own client code -> `xe-quiesce-host relay` in dom0 -> the agent over xenstore,
+    its XO listener off: frozen during XAPI's VM.snapshot, the snapshot tagged quiesced."""
+    need_agent(bed)
+    if relay.MISSING:
+        raise Skip(relay.MISSING)
+    folder = bed.folder()
+    copy = {}
+
+    def take():  # XAPI's VM.snapshot, run while XO's snapshot call is in progress
+        copy["snaps"], copy["stats"] = bed.take(bed.all_vdis(), folder)
+
+    with relay.RelayBed(bed.guest, bed.disks, log) as rb:
+        rb.xapi.before_snapshot = take
+        events = rb.xo_snapshot(240)
+        sync = relay.answers(events, "/sync")
+        post = relay.answers(events, "/post-sync")
+        expect([a[:2] for a in sync] == [(200, "frozen: VM " + bed.guest.vm_uuid)],
+               "XO's /sync got %s" % sync)
+        expect("stats" in copy, "XAPI's VM.snapshot never ran")
+        stats = copy["stats"]
+        expect(stats["before"] == stats["after"], "writers advanced during the copy: %s -> %s"
+               % (stats["before"], stats["after"]))
+        snaps = rb.quiesced()
+        expect(len(snaps) == 1 and [a[:2] for a in post] == [
+            (200, "quiesced snapshot " + snaps[0]["uuid"])],
+            "XO's /post-sync got %s; quiesced snapshots %s" % (post, snaps))
+        expect("xe-quiesce-manifest" in snaps[0]["other_config"], "no manifest on the snapshot")
+    thaw_s = bed.wait_thawed(20)
+    sent = [e["t"] for e in events if e["event"] == "request-sent" and e["path"] == "/sync"]
+    return "%s; XO's /sync answered 200 %.1f s after it was sent, copy %.1f s, /post-sync " \
+        "200, snapshot tagged quiesced with the manifest, writers resumed %.1f s after" % (
+            bed.check(folder), sync[0][2] - sent[0], stats["copy_s"], thaw_s)
+
+
 SCENARIOS = {"smoke": scenario_smoke, "success": scenario_success,
-             "no-answer": scenario_no_answer, "sigkill": scenario_sigkill}
+             "no-answer": scenario_no_answer, "sigkill": scenario_sigkill,
+             "relay": scenario_relay}
 
 
 def report(verdict, name, detail):
