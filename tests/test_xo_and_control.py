@@ -299,7 +299,8 @@ def test_idle_daemon_loads_tls_and_psutil_only_when_needed(xo):
 
     assert mapped() == set()
     assert xo.get("/sync")[0] == 200 and xo.frozen() == [True, True]
-    assert mapped() == set(libraries)
+    # hashlib (through hmac) only checks a secret-file's Bearer header: none here.
+    assert mapped() == {"_ssl.", "_psutil_linux."}
     assert xo.get("/post-sync")[0] == 200 and xo.frozen() == [False, False]
 
 
