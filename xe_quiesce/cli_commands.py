@@ -21,6 +21,21 @@ from .config import load_config, session_timeout
 from .errors import QuiesceError, require_root
 
 
+def _root_config(config_file):
+    """The configuration of a command that freezes, thaws or reads the run directory: not
+    being root is said first, before anything the configuration could say."""
+    require_root()
+    return load_config(config_file)
+
+
+def _ask_daemon(config, what, without):
+    """The running daemon's answer to `what`; without(): the answer when none runs."""
+    try:
+        return control.request(config.state.run_dir, what, CONTROL_MARGIN)
+    except control.NoDaemon:
+        return without()
+
+
 def _emit(data, as_json, human):
     if as_json:
         click.echo(json.dumps(data, indent=2, sort_keys=True))
@@ -91,8 +106,7 @@ def freeze(config_file, as_json, timeout):
     Through the running daemon when there is one, so that one owner ever freezes;
     otherwise this process freezes, leaves the guard holding the deadline, and exits.
     """
-    require_root()
-    config = load_config(config_file)
+    config = _root_config(config_file)
     timeout = session_timeout(timeout, config.freeze.max_frozen, "--timeout")
     try:
         summary = control.request(config.state.run_dir, "freeze",
@@ -129,19 +143,19 @@ def _print_frozen(summary):
 @json_option
 def thaw(config_file, as_json):
     """Thaw what a session froze (idempotent: nothing frozen is not an error)."""
-    require_root()
-    config = load_config(config_file)
-    try:
-        closed = control.request(config.state.run_dir, "thaw", CONTROL_MARGIN)
-    except control.NoDaemon:
-        from .hooks import HookSet
-        from .session import thaw_from_journal
-
-        closed = thaw_from_journal(journal_for(config), HookSet.load(config))
-    errors, text = output(closed, as_json)
+    config = _root_config(config_file)
+    errors, text = output(_ask_daemon(config, "thaw", lambda: _thaw_directly(config)), as_json)
     for line in errors:
         click.echo(line, err=True)
     click.echo(text)
+
+
+def _thaw_directly(config):
+    """No daemon: the journal says what a detached freeze left, and its hooks are undone."""
+    from .hooks import HookSet
+    from .session import thaw_from_journal
+
+    return thaw_from_journal(journal_for(config), HookSet.load(config))
 
 
 @cli.command()
@@ -149,13 +163,9 @@ def thaw(config_file, as_json):
 @json_option
 def status(config_file, as_json):
     """Show the daemon, what is frozen now, the time left, and each trigger's last result."""
-    require_root()
-    config = load_config(config_file)
-    try:
-        daemon = control.request(config.state.run_dir, "status", CONTROL_MARGIN)
-    except control.NoDaemon:
-        daemon = {"running": False}
-    data = {"version": __version__, "daemon": daemon}
+    data = {"version": __version__}
+    config = _root_config(config_file)
+    data["daemon"] = _ask_daemon(config, "status", lambda: {"running": False})
     data.update(journal_for(config).status())
     _emit(data, as_json, _print_status)
 
