@@ -6,12 +6,13 @@ same definitions without importing cli.py, which registers them.
 """
 import logging
 import os
+import stat
 import sys
 
 import click
 
 from .config import ENV_VAR
-from .errors import QuiesceError, RootRequired
+from .errors import QuiesceError, error_line
 
 
 def config_option(command):
@@ -26,14 +27,35 @@ def json_option(command):
                         help="Print machine-readable JSON.")(command)
 
 
+def journal_for(config, reconcile=True):
+    """The journal; leftovers of a dead session are reconciled first, as on every start."""
+    from .journal import Journal
+
+    journal = Journal(config.state.run_dir)
+    if reconcile:
+        try:
+            closed = journal.reconcile()
+        except PermissionError:
+            closed = None  # not root: nothing of ours can be frozen by this user
+        if closed:
+            click.echo("xe-quiesce: earlier session {} ({}): {}".format(
+                closed["session"], closed.get("trigger"), closed["message"]), err=True)
+    return journal
+
+
+def on_frozen_file(stream, mount_points):
+    """Whether `stream` is a regular file on one of these frozen filesystems (stat is a
+    read: it does not wait for the thaw)."""
+    try:
+        info = os.fstat(stream.fileno())
+        return stat.S_ISREG(info.st_mode) and any(
+            os.stat(point).st_dev == info.st_dev for point in mount_points)
+    except (AttributeError, OSError, ValueError):  # the freeze has happened: never fail it
+        return False
+
+
 # click 8.2+ raises this for a bare group command; its message is the help.
 NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
-
-
-def require_root():
-    """Commands that freeze, thaw, or read the run directory (0700, root's)."""
-    if os.geteuid() != 0:
-        raise RootRequired()
 
 
 def run_main(command, prog_name):
@@ -58,10 +80,10 @@ def run_main(command, prog_name):
     except click.Abort:
         _fail("{}: aborted".format(prog_name))
     except QuiesceError as error:
-        _fail("{}: {}{}".format(prog_name, error.label, error))
+        _fail(error_line(prog_name, error))
     except Exception as error:
         logging.getLogger(prog_name).debug("unexpected error", exc_info=True)
-        _fail("{}: error: {}: {}".format(prog_name, type(error).__name__, error))
+        _fail(error_line(prog_name, error))
     # click 7+ returns the exit code of --help or --version; click 6 exits itself.
     sys.exit(result if isinstance(result, int) else 0)
 
