@@ -22,9 +22,9 @@ from tests.dom0sim import Dom0Sim, copy_images
 from tests.guestd import GuestDaemon
 from tests.loopfs import is_frozen
 from tests.waiting import wait_until
-from xe_quiesce.guest_agent import GuestAgent
 from xe_quiesce.host.snapwatchd_role import SnapshotResult
 from xe_quiesce.host.xapi_role import FAILED, XapiError
+from xe_quiesce.triggers.xapi import GuestAgent
 from xe_quiesce.xenstore import (
     XenstoreClient,
     XenstoreConnectionError,

@@ -15,22 +15,23 @@ import socket
 
 import psutil
 
-from . import __version__, logbuffer
+from . import __version__
 from .config import session_timeout
-from .control import ControlServer
-from .coordinator import Coordinator
-from .discovery import plan_inputs
+from .core import logbuffer
+from .core.coordinator import Coordinator
+from .core.discovery import plan_inputs
+from .core.guard import GuardService
+from .core.hooks import HookSet
+from .core.journal import Journal
+from .core.session import QuiesceSession, busy_message, make_plan, thaw_from_journal
+from .core.warm_plan import WarmPlan
 from .errors import BusyError, ConfigError, QuiesceError
-from .guard import GuardService
-from .guest_agent import GuestAgent
-from .hooks import HookSet
-from .journal import Journal
-from .mountinfo import read_mountinfo
-from .session import QuiesceSession, busy_message, make_plan, thaw_from_journal
-from .warm_plan import WarmPlan
+from .linux.mountinfo import read_mountinfo
+from .triggers.control import ControlServer
+from .triggers.xapi import GuestAgent
+from .triggers.xo import SyncHook
+from .triggers.xo_tag import advice, networks_from_xenstore
 from .xenstore import XenstoreClient, XenstoreError
-from .xo_hook import SyncHook
-from .xo_tag import advice, networks_from_xenstore
 
 log = logging.getLogger(__name__)
 CLI = "cli"

@@ -9,9 +9,9 @@ Everything else is the real command line.
 import os
 import signal
 
-from xe_quiesce import cli
-from xe_quiesce import conversation as cv
-from xe_quiesce.guest_agent import GuestAgent
+from xe_quiesce.cli import main as cli
+from xe_quiesce.triggers import conversation as cv
+from xe_quiesce.triggers.xapi import GuestAgent
 
 
 def describe(command):

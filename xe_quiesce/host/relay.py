@@ -37,8 +37,8 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 from .. import tls
 from ..errors import QuiesceError
+from ..triggers.xo import AccessPolicy, read_secret
 from ..xenstore import XenstoreError
-from ..xo_hook import AccessPolicy, read_secret
 from . import companion
 from .snapwatchd_role import SnapshotResult
 from .xenapi_ops import (

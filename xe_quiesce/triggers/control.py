@@ -15,7 +15,7 @@ import socket
 import struct
 import threading
 
-from .errors import BusyError, QuiesceError
+from ..errors import BusyError, QuiesceError
 
 log = logging.getLogger(__name__)
 

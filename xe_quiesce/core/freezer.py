@@ -14,8 +14,8 @@ import logging
 import threading
 import time
 
-from .errors import FreezeError
-from .fsops import FsOps
+from ..errors import FreezeError
+from ..linux.fsops import FsOps
 
 log = logging.getLogger(__name__)
 

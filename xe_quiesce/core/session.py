@@ -14,13 +14,14 @@ import os
 import time
 import uuid
 
-from . import logbuffer, procs
-from .blockdev import BlockTopology
+from ..errors import BusyError, ConfigError, FreezeError, HookError, QuiesceError
+from ..linux import procs
+from ..linux.blockdev import BlockTopology
+from ..linux.fsops import FsOps
+from . import logbuffer
 from .cancel import AbandonedError
 from .discovery import discover
-from .errors import BusyError, ConfigError, FreezeError, HookError, QuiesceError
 from .freezer import FROZEN, THAWED, TOLERATED, UNSUPPORTED, Freezer
-from .fsops import FsOps
 from .guard import Guard, request_thaw
 from .hooks import HookSet, hook_environment
 from .journal import ACTIVE, Journal

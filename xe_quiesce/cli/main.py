@@ -12,12 +12,14 @@ import time
 
 import click
 
-from . import __version__, control, logbuffer
-from .cli_hooks import hooks
-from .cli_options import config_option, json_option, require_root, run_main
-from .cli_run import run
-from .config import load_config, session_timeout
-from .errors import QuiesceError
+from .. import __version__
+from ..config import load_config, session_timeout
+from ..core import logbuffer
+from ..errors import QuiesceError
+from ..triggers import control
+from .hooks import hooks
+from .options import config_option, json_option, require_root, run_main
+from .run import run
 
 # Seconds a control request may take beyond the work itself.
 CONTROL_MARGIN = 30.0
@@ -32,7 +34,7 @@ def _emit(data, as_json, human):
 
 def _journal(config, reconcile=True):
     """The journal; leftovers of a dead session are reconciled first, as on every start."""
-    from .journal import Journal
+    from ..core.journal import Journal
 
     journal = Journal(config.state.run_dir)
     if reconcile:
@@ -61,7 +63,7 @@ def cli(verbose):
               help="Read /proc and /sys under DIR (a tree captured from another guest).")
 def plan(config_file, as_json, root):
     """Show what a snapshot would freeze, in which order, and what is skipped and why."""
-    from .session import make_plan
+    from ..core.session import make_plan
 
     if not os.path.isfile(os.path.join(root, "proc/self/mountinfo")):
         raise QuiesceError("--root {}: no proc/self/mountinfo under it (not a tree captured "
@@ -116,7 +118,7 @@ def freeze(config_file, as_json, timeout):
         summary = control.request(config.state.run_dir, "freeze",
                                   config.freeze.max_frozen + CONTROL_MARGIN, timeout=timeout)
     except control.NoDaemon:
-        from .session import QuiesceSession  # before anything freezes
+        from ..core.session import QuiesceSession  # before anything freezes
 
         session = QuiesceSession(config, "cli", journal=_journal(config))
         summary = session.start(timeout)
@@ -163,8 +165,8 @@ def thaw(config_file, as_json):
     try:
         closed = control.request(config.state.run_dir, "thaw", CONTROL_MARGIN)
     except control.NoDaemon:
-        from .hooks import HookSet
-        from .session import thaw_from_journal
+        from ..core.hooks import HookSet
+        from ..core.session import thaw_from_journal
 
         closed = thaw_from_journal(_journal(config), HookSet.load(config))
     for line in (closed or {}).get("deferred_log", []):

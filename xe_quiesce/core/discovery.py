@@ -9,9 +9,9 @@ import collections
 import fnmatch
 import os
 
-from .blockdev import BlockTopology
-from .errors import ConfigError
-from .mountinfo import is_read_only, read_mountinfo
+from ..errors import ConfigError
+from ..linux.blockdev import BlockTopology
+from ..linux.mountinfo import is_read_only, read_mountinfo
 
 Filesystem = collections.namedtuple(
     "Filesystem",

@@ -15,10 +15,10 @@ import json
 import os
 import time
 
-from . import procs
-from .errors import QuiesceError
+from ..errors import QuiesceError
+from ..linux import procs
+from ..linux.fsops import FsOps
 from .freezer import thaw_recorded
-from .fsops import FsOps
 
 ACTIVE = ("quiescing", "frozen", "thawing")
 

@@ -35,9 +35,9 @@ import stat
 import sys
 import threading
 
-from .cancel import AbandonedError, Cancel
-from .errors import BusyError, ConfigError, QuiesceError
-from .tls import certificate_pair, fingerprint, server_context
+from ..core.cancel import AbandonedError, Cancel
+from ..errors import BusyError, ConfigError, QuiesceError
+from ..tls import certificate_pair, fingerprint, server_context
 
 log = logging.getLogger(__name__)
 

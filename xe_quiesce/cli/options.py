@@ -10,8 +10,8 @@ import sys
 
 import click
 
-from .config import ENV_VAR
-from .errors import QuiesceError, RootRequired
+from ..config import ENV_VAR
+from ..errors import QuiesceError, RootRequired
 
 
 def config_option(command):

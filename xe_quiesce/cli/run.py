@@ -9,9 +9,9 @@ import sys
 
 import click
 
-from .cli_options import config_option, require_root
-from .config import load_config
-from .errors import QuiesceError
+from ..config import load_config
+from ..errors import QuiesceError
+from .options import config_option, require_root
 
 # Exit status when the guest has no xenbus device (a Xen HVM guest without PV drivers,
 # or not Xen at all): LSB's "not configured". The unit lists it in
@@ -33,10 +33,10 @@ def run(uri, domain_path, config_file):
 
     A session left by a crashed daemon is reconciled at start.
     """
-    from .control import DaemonLock
-    from .daemon import Daemon
-    from .journal import Journal
-    from .xenstore import XENBUS_DEVICES, XenstoreClient, XenstoreError
+    from ..core.journal import Journal
+    from ..daemon import Daemon
+    from ..triggers.control import DaemonLock
+    from ..xenstore import XENBUS_DEVICES, XenstoreClient, XenstoreError
 
     require_root()
     config = load_config(config_file)

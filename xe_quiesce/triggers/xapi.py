@@ -12,20 +12,20 @@ import os
 import signal
 import time
 
-from . import __version__
-from . import conversation as cv
-from .discovery import Skipped
-from .errors import BusyError, QuiesceError
-from .journal import Journal
-from .plan import FreezePlan
-from .sdnotify import Watchdog, notify, watchdog_interval
-from .session import QuiesceSession, make_plan
-from .xenstore import (
+from .. import __version__
+from ..core.discovery import Skipped
+from ..core.journal import Journal
+from ..core.plan import FreezePlan
+from ..core.session import QuiesceSession, make_plan
+from ..errors import BusyError, QuiesceError
+from ..linux.sdnotify import Watchdog, notify, watchdog_interval
+from ..xenstore import (
     XenstoreError,
     XenstoreNotFound,
     XenstorePermissionError,
     XenstoreValueError,
 )
+from . import conversation as cv
 
 LOG = logging.getLogger(__name__)
 FEATURE = "control/feature-quiesce"

@@ -10,7 +10,7 @@ The xenstore conversation holds its session itself and never parks it here.
 import logging
 import threading
 
-from .errors import BusyError
+from ..errors import BusyError
 from .session import QuiesceSession, busy_message
 
 log = logging.getLogger(__name__)
