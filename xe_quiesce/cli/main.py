@@ -15,10 +15,11 @@ import click
 from .. import __version__
 from ..config import load_config, session_timeout
 from ..core import logbuffer
+from ..entry import run_main
 from ..errors import QuiesceError
 from ..triggers import control
 from .hooks import hooks
-from .options import config_option, json_option, require_root, run_main
+from .options import config_option, json_option, require_root
 from .run import run
 
 # Seconds a control request may take beyond the work itself.

@@ -36,8 +36,8 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 from .. import tls
+from ..access import AccessPolicy, read_secret
 from ..errors import QuiesceError
-from ..triggers.xo import AccessPolicy, read_secret
 from ..xenstore import XenstoreError
 from . import companion
 from .snapwatchd_role import SnapshotResult

@@ -21,9 +21,7 @@ Nothing acts before the request is complete. Nothing on the request path writes 
 disk, so /post-sync is served while the guest is frozen; if it never comes, the session
 deadline thaws (XO skips /post-sync whenever its snapshot call fails).
 """
-import base64
 import collections
-import hmac
 import ipaddress
 import logging
 import os
@@ -31,10 +29,10 @@ import select
 import socket
 import socketserver
 import ssl
-import stat
 import sys
 import threading
 
+from ..access import AccessPolicy, read_secret
 from ..core.cancel import AbandonedError, Cancel
 from ..errors import BusyError, ConfigError, QuiesceError
 from ..tls import certificate_pair, fingerprint, server_context
@@ -42,45 +40,6 @@ from ..tls import certificate_pair, fingerprint, server_context
 log = logging.getLogger(__name__)
 
 TRIGGER = "xo"
-
-
-def read_secret(path, label="[xo-sync-hook]"):
-    """The shared secret; the file must be root's and unreadable by others.
-
-    `label` names the setting in messages (the dom0 relay's is an option)."""
-    try:
-        info = os.stat(path)
-        with open(path, "rb") as handle:
-            secret = handle.read().strip()
-    except OSError as error:
-        raise ConfigError("{} secret-file {}: {}".format(label, path, error.strerror))
-    if info.st_uid != 0 and info.st_uid != os.geteuid():
-        raise ConfigError("{} secret-file {} must be owned by root".format(label, path))
-    if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError("{} secret-file {} must not be accessible to group or "
-                          "others (chmod 600)".format(label, path))
-    if not secret:
-        raise ConfigError("{} secret-file {} is empty".format(label, path))
-    return secret
-
-
-class AccessPolicy(object):
-    def __init__(self, networks, secret):
-        self.networks = networks
-        self.expected = None
-        if secret is not None:
-            self.expected = b"Bearer " + base64.b64encode(secret)
-
-    def allows(self, address, authorization):
-        client = ipaddress.ip_address(address.split("%")[0])
-        if getattr(client, "ipv4_mapped", None):
-            client = client.ipv4_mapped
-        if self.networks and not any(client in network for network in self.networks):
-            return False
-        if self.expected is not None:
-            given = (authorization or "").encode("latin-1", "replace")
-            return hmac.compare_digest(given, self.expected)
-        return True
 
 
 REQUEST_TIMEOUT = 30.0  # TLS handshake and the whole request: a slow client is dropped
