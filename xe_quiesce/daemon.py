@@ -27,6 +27,7 @@ from .core.session import QuiesceSession, busy_message, make_plan, thaw_from_jou
 from .core.warm_plan import WarmPlan
 from .errors import BusyError, ConfigError, QuiesceError
 from .linux.mountinfo import read_mountinfo
+from .protocol import CLI, XAPI
 from .triggers.control import ControlServer
 from .triggers.xapi import GuestAgent
 from .triggers.xo import SyncHook
@@ -34,7 +35,6 @@ from .triggers.xo_tag import advice, networks_from_xenstore
 from .xenstore import XenstoreClient, XenstoreError
 
 log = logging.getLogger(__name__)
-CLI = "cli"
 
 
 class Daemon(object):
@@ -48,7 +48,7 @@ class Daemon(object):
         self.sync_hook = SyncHook(config, self.coordinator)
         self.agent = GuestAgent(config, client, domain_path, environ=environ,
                                 session_factory=lambda plan: self._session(
-                                    config, "xapi", plan=plan), planner=self.plans)
+                                    config, XAPI, plan=plan), planner=self.plans)
         self.control = ControlServer(config.state.run_dir, {
             "freeze": self.cli_freeze, "thaw": self.cli_thaw, "status": self.status})
         self.sync_hook_error = None
@@ -66,7 +66,7 @@ class Daemon(object):
         if closed:
             log.warning("earlier session %s (%s): %s", closed["session"], closed.get("trigger"),
                         closed["message"])
-            self.agent.interrupted = closed.get("trigger") == "xapi"
+            self.agent.interrupted = closed.get("trigger") == XAPI
         self.control.start()
         try:
             try:
@@ -109,7 +109,7 @@ class Daemon(object):
         if summary is not None:
             return summary
         active = self.journal.active()
-        if active and active.get("trigger") == "xapi":
+        if active and active.get("trigger") == XAPI:
             raise BusyError(busy_message(active) + "; the host's snapshot is waiting on it")
         return thaw_from_journal(self.journal, HookSet.load(self.config))
 

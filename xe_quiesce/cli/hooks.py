@@ -58,9 +58,10 @@ def _print_hooks(data):
 
 def _run(config, hook_set, action, as_json):
     from ..core.session import make_plan  # the session's modules load only for a dry run
+    from ..protocol import CLI
 
     deadline = time.time() + config.freeze.max_frozen
-    env = hook_environment("dry-run-" + uuid.uuid4().hex[:8], "cli", deadline,
+    env = hook_environment("dry-run-" + uuid.uuid4().hex[:8], CLI, deadline,
                            [fs.mount_point for fs in make_plan(config).filesystems])
     problems, error = [], None
     try:

@@ -120,8 +120,9 @@ def freeze(config_file, as_json, timeout):
                                   config.freeze.max_frozen + CONTROL_MARGIN, timeout=timeout)
     except control.NoDaemon:
         from ..core.session import QuiesceSession  # before anything freezes
+        from ..protocol import CLI
 
-        session = QuiesceSession(config, "cli", journal=_journal(config))
+        session = QuiesceSession(config, CLI, journal=_journal(config))
         summary = session.start(timeout)
         session.detach()
     if _on_frozen_file(sys.stdout, summary["frozen"]):

@@ -16,6 +16,7 @@ import time
 
 from ..errors import FreezeError
 from ..linux.fsops import FsOps
+from ..linux.mountinfo import devno_of
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ class Freezer(object):
             planned = {entry.mount_id for entry in state.fs.entries}
             ok = mount_id in planned
         else:
-            ok = "{}:{}".format(*self.ops.device(state.fd)) == state.fs.devno
+            ok = devno_of(*self.ops.device(state.fd)) == state.fs.devno
         if not ok:
             raise FreezeError("{}: no longer the planned {} filesystem (unmounted or "
                               "replaced since planning); nothing frozen".format(

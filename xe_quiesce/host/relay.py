@@ -38,11 +38,11 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from .. import tls
 from ..access import AccessPolicy, read_secret
 from ..errors import QuiesceError
+from ..protocol import UUID_RE
 from ..xenstore import XenstoreError
 from . import companion
 from .snapwatchd_role import SnapshotResult
 from .xenapi_ops import (
-    UUID_RE,
     HostError,
     annotate,
     api_errors,

@@ -35,11 +35,12 @@ import threading
 from ..access import AccessPolicy, read_secret
 from ..core.cancel import AbandonedError, Cancel
 from ..errors import BusyError, ConfigError, QuiesceError
+from ..protocol import XO
 from ..tls import certificate_pair, fingerprint, server_context
 
 log = logging.getLogger(__name__)
 
-TRIGGER = "xo"
+TRIGGER = XO
 
 
 REQUEST_TIMEOUT = 30.0  # TLS handshake and the whole request: a slow client is dropped
