@@ -40,10 +40,6 @@ class FsState(object):
         self.error = None
         self.freeze_start = self.frozen_at = self.thaw_start = self.thawed_at = None
 
-    def to_dict(self):
-        return {"mount_point": self.mount_point, "devno": self.fs.devno,
-                "fstype": self.fs.fstype, "status": self.status, "error": self.error}
-
 
 def _errname(error):
     return "{} ({})".format(errno.errorcode.get(error.errno, error.errno), error.strerror)

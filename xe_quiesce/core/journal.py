@@ -20,7 +20,8 @@ from ..linux import procs
 from ..linux.fsops import FsOps
 from .freezer import thaw_recorded
 
-ACTIVE = ("quiescing", "frozen", "thawing")
+# What the session writes while it may hold filesystems frozen (it thaws, then finishes).
+ACTIVE = ("quiescing", "frozen")
 
 
 class Journal(object):

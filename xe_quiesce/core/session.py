@@ -247,9 +247,9 @@ class QuiesceSession(object):
 
     def summary(self):
         states = self.freezer.states if self.freezer else []
-        frozen_at = [s.freeze_start for s in states if s.freeze_start is not None]
-        thawed_at = [s.thawed_at for s in states if s.thawed_at is not None]
-        window = (max(thawed_at) - min(frozen_at)) if frozen_at and thawed_at else None
+        freeze_starts = [s.freeze_start for s in states if s.freeze_start is not None]
+        thaws_done = [s.thawed_at for s in states if s.thawed_at is not None]
+        window = (max(thaws_done) - min(freeze_starts)) if freeze_starts and thaws_done else None
         return {
             "session": self.session_id,
             "trigger": self.trigger,
