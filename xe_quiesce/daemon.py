@@ -18,9 +18,9 @@ import psutil
 from . import __version__
 from .config import session_timeout
 from .core import logbuffer
-from .core.coordinator import Coordinator
 from .core.discovery import plan_inputs
 from .core.guard import GuardService
+from .core.holder import Coordinator
 from .core.hooks import HookSet
 from .core.journal import Journal
 from .core.session import QuiesceSession, busy_message, make_plan, thaw_from_journal
