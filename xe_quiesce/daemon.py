@@ -1,4 +1,4 @@
-"""`xe-quiesce run` assembled: every trigger around one coordinator, one journal.
+"""`xe-quiesce run` assembled: every trigger around one session holder, one journal.
 
 Triggers: the xenstore conversation (its own loop, the main thread), Xen Orchestra's
 HTTPS sync hook, and the local control socket the CLI uses. They share the journal's
@@ -20,7 +20,7 @@ from .config import session_timeout
 from .core import logbuffer
 from .core.discovery import plan_inputs
 from .core.guard import GuardService
-from .core.holder import Coordinator
+from .core.holder import SessionHolder
 from .core.hooks import HookSet
 from .core.journal import Journal
 from .core.session import QuiesceSession, busy_message, make_plan, thaw_from_journal
@@ -29,8 +29,8 @@ from .errors import BusyError, ConfigError, QuiesceError
 from .linux.mountinfo import read_mountinfo
 from .protocol import CLI, XAPI
 from .triggers.control import ControlServer
-from .triggers.xapi import GuestAgent
-from .triggers.xo import SyncHook
+from .triggers.xapi import XapiTrigger
+from .triggers.xo import XoListener
 from .triggers.xo_tag import advice, networks_from_xenstore
 from .xenstore import XenstoreClient, XenstoreError
 
@@ -44,14 +44,14 @@ class Daemon(object):
         self.guards = GuardService()
         self.plans = WarmPlan(lambda: make_plan(config),
                               lambda: plan_inputs(config.freeze, read_mountinfo()))
-        self.coordinator = Coordinator(config, session_factory=self._session)
-        self.sync_hook = SyncHook(config, self.coordinator)
-        self.agent = GuestAgent(config, client, domain_path, environ=environ,
+        self.holder = SessionHolder(config, session_factory=self._session)
+        self.xo = XoListener(config, self.holder)
+        self.agent = XapiTrigger(config, client, domain_path, environ=environ,
                                 session_factory=lambda plan: self._session(
                                     config, XAPI, plan=plan), planner=self.plans)
         self.control = ControlServer(config.state.run_dir, {
             "freeze": self.cli_freeze, "thaw": self.cli_thaw, "status": self.status})
-        self.sync_hook_error = None
+        self.xo_error = None
 
     def _session(self, config, trigger, plan=None):
         return QuiesceSession(config, trigger, plan=plan, guards=self.guards,
@@ -70,15 +70,15 @@ class Daemon(object):
         self.control.start()
         try:
             try:
-                self.sync_hook.start()
+                self.xo.start()
             except (QuiesceError, OSError) as error:  # xenstore is served without XO
-                self.sync_hook_error = self._why_no_sync_hook(error)
-                log.error("Xen Orchestra sync hook not started: %s", self.sync_hook_error)
+                self.xo_error = self._why_no_xo(error)
+                log.error("Xen Orchestra sync hook not started: %s", self.xo_error)
             self.agent.run()
         finally:
-            self.sync_hook.stop()
+            self.xo.stop()
             self.control.stop()
-            self.coordinator.shutdown()
+            self.holder.shutdown()
             self.guards.stop()
             self.plans.close()
 
@@ -90,7 +90,7 @@ class Daemon(object):
         except Exception as error:  # noqa: BLE001 - any failure is the request's to say
             log.debug("no plan at start: %s", error)
 
-    def _why_no_sync_hook(self, error):
+    def _why_no_xo(self, error):
         if isinstance(error, ConfigError):
             return str(self.config.located(error))
         if isinstance(error, OSError):  # the port is taken
@@ -100,12 +100,12 @@ class Daemon(object):
 
     def cli_freeze(self, request):
         timeout = session_timeout(request.get("timeout"), self.config.freeze.max_frozen)
-        return self.coordinator.freeze(CLI, timeout)
+        return self.holder.freeze(CLI, timeout)
 
     def cli_thaw(self, _request):
         """The admin may thaw what the daemon holds, or a CLI freeze from before it ran;
         not a xenstore session, which the host is waiting on."""
-        summary = self.coordinator.thaw(CLI)
+        summary = self.holder.thaw(CLI)
         if summary is not None:
             return summary
         active = self.journal.active()
@@ -130,16 +130,16 @@ class Daemon(object):
 
     def status(self, _request):
         agent = self.agent
-        held = self.coordinator.held_trigger()
-        xo_on = bool(self.sync_hook.servers)
+        held = self.holder.held_trigger()
+        xo_on = bool(self.xo.servers)
         data = {
             "running": True, "pid": os.getpid(), "version": __version__,
             "xenstore": {"uri": agent.client.uri, "domain_path": agent.domain_path,
                          "feature_advertised": not agent.feature_refused,
                          "conversation": agent.machine.state if agent.machine else None},
             "xo_sync_hook": {"on": xo_on, "port": self.config.xo.port if xo_on else None,
-                             "fingerprint": self.sync_hook.fingerprint() if xo_on else None,
-                             "off_reason": self.sync_hook_error or self.sync_hook.off_reason()},
+                             "fingerprint": self.xo.fingerprint() if xo_on else None,
+                             "off_reason": self.xo_error or self.xo.off_reason()},
             "held_by_daemon": held,
         }
         xs = data["xenstore"]

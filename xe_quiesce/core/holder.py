@@ -16,7 +16,7 @@ from .session import QuiesceSession, busy_message
 log = logging.getLogger(__name__)
 
 
-class Coordinator(object):
+class SessionHolder(object):
     def __init__(self, config, session_factory=QuiesceSession):
         self.config = config
         self.session_factory = session_factory

@@ -48,7 +48,7 @@ def plan_for(config, devids, plan=None):
     return FreezePlan(keep, edges, list(plan.skipped) + left, plan.cycles)
 
 
-class GuestAgent(object):
+class XapiTrigger(object):
     """`xe-quiesce run`: advertise, watch C/action, play the guest's part per request."""
 
     def __init__(self, config, client, domain_path=None, session_factory=None,

@@ -268,13 +268,13 @@ def client_gone_reason(seconds):
     return "{} after {:.1f} s".format(GONE, seconds)
 
 
-class SyncHook(object):
-    """The listener and what its two paths do through the daemon's coordinator."""
+class XoListener(object):
+    """The listener and what its two paths do through the daemon's holder."""
 
-    def __init__(self, config, coordinator):
+    def __init__(self, config, holder):
         self.config = config
         self.xo = config.xo
-        self.coordinator = coordinator
+        self.holder = holder
         self.servers = []
         self.threads = []
         self._stop_pipe = None
@@ -353,7 +353,7 @@ class SyncHook(object):
             .format(timeout, give_up_margin(timeout))))
         try:
             with ConnectionWatch(conn, cancel, address):
-                summary = self.coordinator.freeze(TRIGGER, cancel=cancel)
+                summary = self.holder.freeze(TRIGGER, cancel=cancel)
         except BusyError as error:
             return 409, "busy: {}".format(error)
         except AbandonedError as error:
@@ -380,7 +380,7 @@ class SyncHook(object):
 
     def _thaw_for(self, address, reason):
         try:
-            summary = self.coordinator.thaw(TRIGGER, may_thaw=(TRIGGER,))
+            summary = self.holder.thaw(TRIGGER, may_thaw=(TRIGGER,))
         except BusyError:
             return
         if summary is not None:
@@ -389,11 +389,11 @@ class SyncHook(object):
     def post_sync(self, address):
         with self._lock:
             cancel = self._syncing.get(address)
-            if cancel is not None and self.coordinator.quiescing_under(cancel):
+            if cancel is not None and self.holder.quiescing_under(cancel):
                 cancel.set("Xen Orchestra sent /post-sync while /sync was still quiescing")
                 return 200, "abandoned: {}".format(cancel.reason())
         try:
-            summary = self.coordinator.thaw(TRIGGER, may_thaw=(TRIGGER,))
+            summary = self.holder.thaw(TRIGGER, may_thaw=(TRIGGER,))
         except BusyError as error:
             return 409, "busy: {}".format(error)
         if summary is None:
