@@ -47,6 +47,7 @@ def test_systemd_package_files(rpm_systemd):
     assert {"/usr/lib/systemd/system/%s.d/xe-quiesce.conf" % unit for unit in TOOLS_UNITS} \
         <= listed
     assert any(p.endswith("/site-packages/xe_quiesce/cli/main.py") for p in listed)
+    assert not [p for p in listed if "/xe_quiesce/host" in p or p.endswith("xe-quiesce-host")]
     assert not [p for p in listed if "init.d" in p]
 
 

@@ -68,6 +68,7 @@ def test_payload_in_the_targets_site_packages(version, dist):
     listed = set(rpm_q(path, "-l").split())
     sitelib = "/usr/lib/python%s/site-packages" % TARGETS[dist]["python"]
     assert sitelib + "/xe_quiesce/cli/main.py" in listed
+    assert not [p for p in listed if "/xe_quiesce/host" in p]  # dom0's: xe-quiesce-host.spec
     assert not [p for p in listed if "/python3" in p and not p.startswith(sitelib)]
     assert (VENDOR + "/click/core.py" in listed) == (dist in BUNDLED_CLICK)
     provides = rpm_q(path, "--provides")
