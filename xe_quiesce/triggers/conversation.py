@@ -3,7 +3,7 @@
 Why a pure machine: the contract (docs/xapi-protocol.md) is a strict sequence of
 xenstore keys, values and orderings, with a failure path at every step, and the real
 dom0 gives no second chance (xapi takes the *first* `C/status` value as final). Keeping
-the decisions here, and the xenstore/freeze calls in `guest_agent`, lets every
+the decisions here, and the xenstore/freeze calls in `triggers/xapi.py`, lets every
 transition and every failure path be tested without xenstored or a filesystem.
 
 `Conversation.handle(event)` takes one event (what the adapter saw or what a command
