@@ -5,6 +5,7 @@ simulated VM on the bench's xenstored. Triggers:
 - control: the JSON request the CLI sends over <run-dir>/control.sock, from the bench;
 - cli: the `xe-quiesce freeze` / `xe-quiesce thaw` commands as processes (what an admin
   or a backup script runs; adds interpreter start-up to both ends);
+- frozen: `xe-quiesce frozen -- true` (one process: freeze, run the command, thaw);
 - xenstore: XAPI's VM.snapshot_with_quiesce conversation (dom0 simulator), with a
   snapshot that returns at once;
 - xo: Xen Orchestra's GET /sync and GET /post-sync over HTTPS, a new connection and TLS
@@ -171,7 +172,8 @@ class AgentRig(object):
                       [s["thawed_at"] - s["freeze_start"] for s in stamps],
                       freeze=last_frozen - first, first_freeze=first - requested,
                       external_window=thaw_answered - requested,
-                      external_latency=answered - requested, steps=steps, **extra)
+                      external_latency=None if answered is None else answered - requested,
+                      steps=steps, **extra)
 
     # -- triggers ----------------------------------------------------------------------
 
@@ -193,13 +195,27 @@ class AgentRig(object):
         return json.loads(result.stdout)
 
     def via_cli(self):
+        """`thaw_start`: from starting the thaw process to the daemon's thaw (its start-up
+        inside the window of two-command scripts)."""
         requested = time.monotonic()
         self._cli("freeze", "--json")
         answered = time.monotonic()
         summary = self._cli("thaw", "--json")
         thaw_answered = time.monotonic()
         return self._agent_sample(requested, answered, thaw_answered,
-                                  agent_window=summary["window_seconds"])
+                                  agent_window=summary["window_seconds"],
+                                  thaw_start=self.last_stamps()["steps"]["thaw"][0] - answered)
+
+    def via_frozen(self):
+        """`xe-quiesce frozen -- true`: one process freezes, runs the command, thaws."""
+        requested = time.monotonic()
+        result = subprocess.run([sys.executable, "-m", "xe_quiesce.cli", "frozen", "--config",
+                                 self.config, "--", "true"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, universal_newlines=True, timeout=120)
+        done = time.monotonic()
+        if result.returncode != 0:
+            raise RuntimeError("xe-quiesce frozen -- true: {}".format(result.stderr))
+        return self._agent_sample(requested, None, done)
 
     def via_xenstore(self):
         """XAPI's call; 'answered' is when the host's snapshot callback ran (guest frozen)."""
@@ -232,8 +248,8 @@ class AgentRig(object):
         thaw_answered = time.monotonic()
         return self._agent_sample(requested, answered, thaw_answered)
 
-    TRIGGERS = {"control": via_control, "cli": via_cli, "xenstore": via_xenstore,
-                "xo": via_xo}
+    TRIGGERS = {"control": via_control, "cli": via_cli, "frozen": via_frozen,
+                "xenstore": via_xenstore, "xo": via_xo}
 
     def run(self, trigger):
         return self.TRIGGERS[trigger](self)

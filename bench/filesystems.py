@@ -9,12 +9,14 @@ The FIFREEZE grace-period cost the comparisons are about is the same either way.
 import os
 import subprocess
 import tempfile
+import time
 
 from tests.loopfs import LoopFs
 
 # ext4 must hold the 64 MiB of unsynced data; xfsprogs refuses less than 300 MiB.
 SIZE_MB = {"ext4": 128, "xfs": 300}
 SCALE_SIZE_MB = 16
+UMOUNT_TRIES = 100
 DIRTY_CHUNK = b"\xa5" * (1 << 20)
 
 
@@ -54,8 +56,18 @@ class Workspace(object):
         try:
             self.destroy(list(reversed(self.filesystems)))
         finally:
-            subprocess.run(["umount", self.path])
+            self._umount()
             os.rmdir(self.path)
+
+    def _umount(self):
+        """A daemon or guard that has just exited may hold its log here a moment longer."""
+        for _ in range(UMOUNT_TRIES):
+            if subprocess.run(["umount", self.path], stderr=subprocess.PIPE).returncode == 0:
+                return
+            time.sleep(0.1)
+        holders = subprocess.run(["fuser", "-vm", self.path], stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, universal_newlines=True).stdout
+        raise RuntimeError("cannot unmount {}; held by:\n{}".format(self.path, holders))
 
 
 def _mounts():

@@ -1,5 +1,8 @@
 """python3 -m bench.plot RESULTS.json DIR: the figures of docs/benchmarks.md.
 
+One window figure per N (and per N with unsynced data), each tool with two bars: its
+own view and the kernel tracepoints' (bench/ktrace.py).
+
 Run with Debian's python3 and python3-matplotlib (installed by `make bench` only), so
 the product's venvs never carry matplotlib. Small PNGs (100 dpi) that are fine to commit.
 """
@@ -13,38 +16,43 @@ import matplotlib.ticker
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 
-from bench.report import DIRTY_LABELS, LABELS, field  # noqa: E402
+from bench.report import DIRTY_LABELS, LABELS, field, kernel  # noqa: E402
 from bench.stats import median, p90  # noqa: E402
 
 DPI = 100
 XMIN_MS = 10  # log-scale bars need a common origin to be comparable
 
 
-def windows_figure(runs, sizes, labels, title, path):
-    fig, axes = plt.subplots(1, len(sizes), figsize=(3.6 * len(sizes) + 2.6, 4.2),
-                             sharey=True, sharex=True, squeeze=False)
-    methods = [m for m in labels if any(m in runs.get(str(n), {}) for n in sizes)]
-    xmax = max(p90(field(samples, "window")) for n in sizes
-               for samples in runs.get(str(n), {}).values()) * 1000 * 1.3
-    for ax, n in zip(axes[0], sizes):
-        data = runs.get(str(n), {})
-        names = [m for m in methods if m in data]
-        meds = [median(field(data[m], "window")) * 1000 for m in names]
-        highs = [p90(field(data[m], "window")) * 1000 for m in names]
-        positions = [methods.index(m) for m in names]
-        colors = ["#888888" if not m.startswith("ours") else "#1f77b4" for m in names]
-        ax.barh(positions, meds, color=colors,
-                xerr=[[0] * len(meds), [h - m for h, m in zip(highs, meds)]], capsize=2)
-        ax.set_xscale("log")
-        ax.set_xlim(XMIN_MS, xmax)
-        plain_ticks(ax)
-        ax.set_title("N = {}".format(n))
-        ax.grid(axis="x", which="both", alpha=0.3)
-    fig.supxlabel("frozen window, ms, log scale (bar: median, whisker: p90)", fontsize=9)
-    axes[0][0].set_yticks(range(len(methods)))
-    axes[0][0].set_yticklabels([labels[m] for m in methods], fontsize=8)
-    axes[0][0].invert_yaxis()
-    fig.suptitle(title)
+def window_figure(data, labels, title, path):
+    """One N: each tool's median window by its own view and by the kernel's ruler."""
+    names = [m for m in labels if m in data]
+    rulers = (("own view", "#888888", lambda m: field(data[m], "window")),
+              ("kernel tracepoints", "#1f77b4", lambda m: kernel(data[m])))
+    fig, ax = plt.subplots(figsize=(8.5, 0.45 * len(names) + 1.6))
+    height = 0.38
+    xmax = XMIN_MS * 2
+    for offset, (label, color, values) in enumerate(rulers):
+        positions, meds, highs = [], [], []
+        for index, method in enumerate(names):
+            samples = values(method)
+            if samples:
+                positions.append(index + (offset - 0.5) * height)
+                meds.append(median(samples) * 1000)
+                highs.append(p90(samples) * 1000)
+        if positions:
+            ax.barh(positions, meds, height=height, color=color, label=label,
+                    xerr=[[0] * len(meds), [h - m for h, m in zip(highs, meds)]], capsize=2)
+            xmax = max([xmax] + highs)
+    ax.set_xscale("log")
+    ax.set_xlim(XMIN_MS, xmax * 1.3)
+    plain_ticks(ax)
+    ax.set_yticks(range(len(names)))
+    ax.set_yticklabels([labels[m] for m in names], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("frozen window, ms, log scale (bar: median, whisker: p90)", fontsize=9)
+    ax.grid(axis="x", which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
@@ -89,13 +97,15 @@ def main(argv=None):
         results = json.load(handle)
     folder = argv[1]
     params = results["params"]
-    windows_figure(results["clean"], params["sizes"], LABELS,
-                   "Frozen window, idle filesystems (ext4/xfs alternating)",
-                   os.path.join(folder, "benchmarks-window.png"))
-    if results.get("dirty"):
-        windows_figure(results["dirty"], params["dirty_sizes"], DIRTY_LABELS,
-                       "Frozen window, {} MiB unsynced per filesystem".format(
-                           params["dirty_mib"]), os.path.join(folder, "benchmarks-dirty.png"))
+    for n in params["sizes"]:
+        window_figure(results["clean"].get(str(n), {}), LABELS,
+                      "Frozen window, N = {}, idle filesystems (ext4/xfs alternating)".format(n),
+                      os.path.join(folder, "benchmarks-window-n{}.png".format(n)))
+    for n in params["dirty_sizes"] if results.get("dirty") else []:
+        window_figure(results["dirty"].get(str(n), {}), DIRTY_LABELS,
+                      "Frozen window, N = {}, {} MiB unsynced per filesystem".format(
+                          n, params["dirty_mib"]),
+                      os.path.join(folder, "benchmarks-dirty-n{}.png".format(n)))
     if results.get("scale"):
         scale_figure(results["scale"], os.path.join(folder, "benchmarks-scale.png"))
 

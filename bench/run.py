@@ -1,5 +1,7 @@
 """python -m bench.run [--profile full|quick|smoke] --json FILE: measure everything, once.
 
+Every run of phases (1) and (2) is also timed by the kernel's syscall tracepoints
+(bench/ktrace.py), the same ruler for every tool, beside each tool's own view.
 Phases, all in this one run: (1) frozen window and request->frozen for N filesystems,
 every tool and trigger interleaved repetition by repetition; (2) the same with unsynced
 data; (3) who thaws what (a filesystem frozen by someone else); (4) the daemon without a
@@ -26,7 +28,7 @@ from xe_quiesce import __version__, tls
 from xe_quiesce.linux.fsops import FIFREEZE, FITHAW, FsOps
 from xe_quiesce.triggers import control
 
-from . import idle, others, scale
+from . import idle, ktrace, others, scale
 from .agent import AgentRig
 from .filesystems import Workspace, assert_ours, dirty
 
@@ -43,7 +45,7 @@ PROFILES = {
 # Our agent's variants for the unsynced-data runs: (sync-first, concurrent).
 VARIANTS = {"ours-control": (True, True), "ours-nosync": (False, True),
             "ours-seq": (True, False), "ours-nosync-seq": (False, False)}
-TRIGGERS = ("control", "cli", "xenstore", "xo")
+TRIGGERS = ("control", "cli", "frozen", "xenstore", "xo")
 
 
 def say(text):
@@ -94,7 +96,7 @@ class Bench(object):
         self.results = {"profile": profile, "params": dict(self.p, settle=SETTLE),
                         "machine": machine(), "clean": {}, "dirty": {}, "errors": [],
                         "phases": {}}
-        self.workspace = self.xenstored = self.qga = None
+        self.workspace = self.xenstored = self.qga = self.ktrace = None
         self.rigs = {}
         self.filesystems = []
         self.next_domid = 10
@@ -200,8 +202,12 @@ class Bench(object):
                     if unsynced:
                         dirty(self.filesystems[:n], self.p["dirty_mib"])
                     time.sleep(SETTLE)
+                    self.kernel_calls()
                     try:
                         result = table[name]()
+                        kernel = self.kernel_calls()
+                        if kernel is not None:
+                            result["kernel"] = ktrace.summary(kernel)
                     except Exception as error:
                         self.thaw_everything()
                         self.results["errors"].append({"phase": phase, "n": n, "method": name,
@@ -212,6 +218,24 @@ class Bench(object):
                         continue
                     store.setdefault(str(n), {}).setdefault(name, []).append(result)
             say("{}: repetition {}/{} done".format(phase, rep + 1, self.p["reps"]))
+
+    def start_trace(self):
+        """The kernel's ruler, when this machine has it (bench/ktrace.py)."""
+        reason = ktrace.unavailable_reason()
+        self.results["kernel_trace"] = {"on": reason is None, "reason": reason}
+        if reason is None:
+            self.ktrace = ktrace.KernelTrace("xe-quiesce-bench-{}".format(os.getpid())).start()
+        else:
+            say("kernel tracepoints not used: " + reason)
+
+    def stop_trace(self):
+        if self.ktrace is not None:
+            self.ktrace.stop()
+            self.ktrace = None
+
+    def kernel_calls(self):
+        """The FIFREEZE/FITHAW calls since the last call (None without tracing)."""
+        return self.ktrace.take() if self.ktrace is not None else None
 
     def isolation(self):
         """Freeze one filesystem as 'someone else', then let each tool freeze and thaw
@@ -285,11 +309,13 @@ class Bench(object):
     def run(self):
         started = time.monotonic()
         try:
+            self.start_trace()  # before anything is forked: the daemons are traced too
             self.phase("set-up", self.set_up)
             self.phase("window", self.measure, "clean", self.p["sizes"], False)
             self.phase("unsynced", self.measure, "dirty", self.p["dirty_sizes"], True)
             self.phase("isolation", self.isolation)
             self.phase("reaping", self.reaping)
+            self.stop_trace()
             for name in [name for name in self.rigs]:
                 self.rigs.pop(name).stop()
             if self.qga is not None:
@@ -302,6 +328,7 @@ class Bench(object):
             self.mounts = self.mounts[:1]
             self.phase("scale", self.scale)
         finally:
+            self.stop_trace()
             self.tear_down()
             self.results["machine"]["load_end"] = os.getloadavg()
             self.results["seconds"] = time.monotonic() - started

@@ -1,8 +1,10 @@
 # Benchmarks (issue 9): the frozen window and the idle cost, beside qemu-ga, util-linux
 # fsfreeze and the raw-ioctl floor, all measured in one run on the bench's own loop
-# filesystems (never anything else on the machine). Run as root.
+# filesystems (never anything else on the machine). Run as root. Every run is also timed
+# by the kernel's syscall tracepoints for FIFREEZE/FITHAW (bench/ktrace.py: a private
+# tracefs instance; tracefs is mounted on /sys/kernel/tracing first if it is not).
 #   make bench         full run (~20 min on 2 cores): docs/benchmarks.md and
-#                      docs/benchmarks-{window,dirty,scale}.png; raw data in
+#                      docs/benchmarks-{window-nN,dirty-nN,scale}.png; raw data in
 #                      artifacts/bench/results.json
 #   make bench-quick   3 repetitions, 10 s idle, 20 agents, into artifacts/bench-quick/
 # qemu-guest-agent and python3-matplotlib (Debian's, used by /usr/bin/python3 for the

@@ -210,6 +210,55 @@ def test_cli_goes_through_the_daemon_and_busy_names_the_other_trigger(xo):
     assert xo.get("/post-sync")[0] == 200
 
 
+def test_cli_frozen_runs_the_command_inside_the_daemons_session(xo):
+    """`xe-quiesce frozen -- COMMAND` through the daemon: COMMAND runs while the daemon
+    holds the freeze (its own `status` says so), the thaw follows its exit, and its exit
+    status is ours."""
+    xo.start()
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    command = ("import json, subprocess, sys\n"
+               "sys.path.insert(0, {!r})\n"
+               "from tests.loopfs import is_frozen\n"
+               "status = subprocess.run([sys.executable, '-m', 'xe_quiesce.cli', 'status', "
+               "'--json', '--config', {!r}], stdout=subprocess.PIPE, check=True).stdout\n"
+               "print(json.dumps([json.loads(status)['daemon']['held_by_daemon'], "
+               "[is_frozen(p) for p in {!r}]]))\n"
+               "sys.exit(5)\n").format(repo, xo.config, xo.mounts)
+    result = subprocess.run(
+        [sys.executable, "-m", "xe_quiesce.cli", "frozen", "--config", xo.config, "--",
+         sys.executable, "-B", "-c", command], stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
+    assert result.returncode == 5, result.stderr
+    assert json.loads(result.stdout) == ["cli", [True, True]]
+    assert xo.frozen() == [False, False]
+    last = json.loads(xo.cli("status", "--json").stdout)["last"]["cli"]
+    assert last["result"] == "thawed"
+
+
+def test_thaw_through_the_daemon_does_not_import_click(xo):
+    """`thaw` starts inside two-command scripts' frozen window: served without click
+    (python -X importtime lists every module loaded), printing what click's thaw prints."""
+    xo.start()
+    assert xo.cli("freeze").returncode == 0 and xo.frozen() == [True, True]
+    thaw = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "xe_quiesce.cli", "thaw", "--config",
+         xo.config], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        universal_newlines=True, timeout=60)
+    assert thaw.returncode == 0 and thaw.stdout == "thawed: thawed\n"
+    loaded = [line.split("|")[-1].strip() for line in thaw.stderr.splitlines()
+              if line.startswith("import time:")]
+    assert "xe_quiesce.triggers.control" in loaded and "click" not in loaded
+    assert [line for line in thaw.stderr.splitlines()
+            if not line.startswith("import time:")] == []
+    assert xo.frozen() == [False, False]
+    again = xo.cli("thaw", "--json")
+    assert json.loads(again.stdout) == {"result": "nothing-frozen",
+                                        "message": "nothing was frozen"}
+    bad = xo.cli("thaw", "--bogus")
+    assert bad.returncode == 1 and "no such option" in bad.stderr.lower()
+    assert "--bogus" in bad.stderr
+
+
 def test_xapi_session_makes_the_others_busy(xo):
     xo.start()
     answers = {}
@@ -237,13 +286,42 @@ def test_post_sync_is_served_while_frozen_with_the_log_on_a_frozen_filesystem(xo
     assert xo.frozen() == [False, False]
 
 
+def test_idle_daemon_loads_tls_and_psutil_only_when_needed(xo):
+    """Idle memory: OpenSSL (ssl, hashlib) and psutil are extension modules, so their
+    shared objects in /proc/PID/maps show whether the daemon loaded them."""
+    xo.start()
+    libraries = ("_ssl.", "_hashlib.", "_psutil_linux.")
+
+    def mapped():
+        with open("/proc/{}/maps".format(xo.daemon.process.pid)) as handle:
+            maps = handle.read()
+        return {lib for lib in libraries if lib in maps}
+
+    assert mapped() == set()
+    assert xo.get("/sync")[0] == 200 and xo.frozen() == [True, True]
+    # hashlib (through hmac) only checks a secret-file's Bearer header: none here.
+    assert mapped() == {"_ssl.", "_psutil_linux."}
+    assert xo.get("/post-sync")[0] == 200 and xo.frozen() == [False, False]
+
+
 def test_idle_daemon_has_no_timed_waits_and_stops_at_once(xo):
     """Idle, every thread of the daemon (xenstore loop, XO listener, control socket,
     the guard's watcher) blocks with no timeout; SIGTERM still ends it at once (a wake-up pipe)."""
     xo.start()
     pid = xo.daemon.process.pid
-    wait_until(lambda: all(thread["syscall"] != "running" for thread in
-                           thread_states(pid).values()), 5, "the daemon settled")
+
+    def settled():
+        """Every thread blocked, and none switched for half a second: start-up's tail after
+        READY=1 is over (blocked alone was not enough once the daemon started without
+        click: its main thread sometimes still switched a few times in the next ~1 s)."""
+        first = thread_states(pid)
+        time.sleep(0.5)
+        then = thread_states(pid)
+        return all(thread["syscall"] != "running" and first.get(tid) and
+                   thread["voluntary"] == first[tid]["voluntary"]
+                   for tid, thread in then.items())
+
+    wait_until(settled, 30, "the daemon settled")
     before = thread_states(pid)
     time.sleep(3)
     after = thread_states(pid)

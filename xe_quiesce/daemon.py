@@ -13,8 +13,6 @@ import logging
 import os
 import socket
 
-import psutil
-
 from . import __version__
 from .config import session_timeout
 from .core import logbuffer
@@ -123,6 +121,8 @@ class Daemon(object):
                     networks = networks_from_xenstore(client, self.agent.domain_path)
             except (XenstoreError, OSError) as error:
                 note = "; the guest tools' addresses could not be read: {}".format(error)
+        import psutil  # a status request's, not the idle daemon's memory
+
         own = [entry.address for entries in psutil.net_if_addrs().values()
                for entry in entries if entry.family in (socket.AF_INET, socket.AF_INET6)]
         tag, why = advice(networks, self.config.xo.port, self.config.xo.address, own)

@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from .errors import QuiesceError
+from .errors import QuiesceError, error_line
 
 # click 8.2+ raises this for a bare group command; its message is the help.
 NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
@@ -37,10 +37,10 @@ def run_main(command, prog_name):
     except click.Abort:
         _fail("{}: aborted".format(prog_name))
     except QuiesceError as error:
-        _fail("{}: {}{}".format(prog_name, error.label, error))
+        _fail(error_line(prog_name, error))
     except Exception as error:
         logging.getLogger(prog_name).debug("unexpected error", exc_info=True)
-        _fail("{}: error: {}: {}".format(prog_name, type(error).__name__, error))
+        _fail(error_line(prog_name, error))
     # click 7+ returns the exit code of --help or --version; click 6 exits itself.
     sys.exit(result if isinstance(result, int) else 0)
 

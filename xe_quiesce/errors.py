@@ -1,4 +1,9 @@
-"""The errors that end a command with one clear line instead of a traceback."""
+"""The errors that end a command with one clear line instead of a traceback.
+
+Click-free: the click-free paths (xe_quiesce/cli/fast.py) end with the same lines as
+click's commands (entry.run_main).
+"""
+import os
 
 
 class QuiesceError(Exception):
@@ -30,3 +35,17 @@ class RootRequired(QuiesceError):
 
     def __init__(self):
         QuiesceError.__init__(self, "must be run as root")
+
+
+def require_root():
+    """Commands that freeze, thaw, or read the run directory (0700, root's)."""
+    if os.geteuid() != 0:
+        raise RootRequired()
+
+
+def error_line(prog_name, error):
+    """The one line that ends a command on `error`: ours (a QuiesceError) says what to do;
+    anything else is a fault of ours or of the system, named by its type."""
+    if isinstance(error, QuiesceError):
+        return "{}: {}{}".format(prog_name, error.label, error)
+    return "{}: error: {}: {}".format(prog_name, type(error).__name__, error)

@@ -3,10 +3,8 @@
 Generated with the system `openssl` binary, which every guest has, rather than a new
 dependency; old guests' stdlib `ssl` then serves it. XO accepts self-signed certificates.
 """
-import hashlib
 import os
 import socket
-import ssl
 import subprocess
 
 from .errors import QuiesceError
@@ -52,6 +50,9 @@ def _make_self_signed(directory, cert, key, label):
 
 
 def server_context(cert, key, label="[xo-sync-hook]"):
+    """The server's TLS context (ssl loads here: the daemon needs it only once XO calls)."""
+    import ssl
+
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
         context.load_cert_chain(cert, key)
@@ -60,8 +61,39 @@ def server_context(cert, key, label="[xo-sync-hook]"):
     return context
 
 
+def check_pair(cert, key):
+    """server_context's checks in a child process, and the certificate's fingerprint:
+    a bad pair still stops the hook at start, while the daemon itself loads ssl and
+    hashlib (OpenSSL's libcrypto, 3-4 MiB) only at XO's first connection."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report and leave at once, whatever happens
+        status = 1
+        try:
+            os.close(read_end)
+            try:
+                server_context(cert, key)
+                answer, status = "ok " + fingerprint(cert), 0
+            except QuiesceError as error:
+                answer = "error " + str(error)
+            os.write(write_end, answer.encode("utf-8", "replace")[:4000])
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        answer = pipe.read().decode("utf-8", "replace")
+    os.waitpid(pid, 0)
+    kind, _, text = answer.partition(" ")
+    if kind != "ok":
+        raise QuiesceError(text or "[xo-sync-hook] cannot load {} / {}".format(cert, key))
+    return text
+
+
 def fingerprint(cert):
     """SHA-256 fingerprint, as `openssl x509 -fingerprint -sha256` prints it."""
+    import hashlib
+    import ssl
+
     with open(cert) as handle:
         der = ssl.PEM_cert_to_DER_cert(handle.read())
     digest = hashlib.sha256(der).hexdigest().upper()

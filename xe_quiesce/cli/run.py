@@ -1,17 +1,15 @@
 """`xe-quiesce run`: the daemon answering the host's quiesce requests over xenstore.
 
-The daemon's modules (xenstore, HTTPS, the state machine) are imported when `run` runs,
-not when the command line loads: `xe-quiesce thaw` starts inside the frozen window.
+No click here: the daemon normally starts through cli/fast.py (click is 3-4 MiB of idle
+memory); click's `run` command (cli/commands.py) calls the same serve(). The daemon's
+modules (xenstore, the state machine) load when it runs, not when the command line loads.
 """
 import logging
 import os
 import sys
 
-import click
-
 from ..config import load_config
-from ..errors import QuiesceError
-from .options import config_option, require_root
+from ..errors import QuiesceError, require_root
 
 # Exit status when the guest has no xenbus device (a Xen HVM guest without PV drivers,
 # or not Xen at all): LSB's "not configured". The unit lists it in
@@ -19,17 +17,8 @@ from .options import config_option, require_root
 NO_XENBUS_STATUS = 6
 
 
-@click.command()
-@click.option("--xenstore", "uri", metavar="URI",
-              help="xenbus (default), xenbus:PATH or unix:PATH (a dom0 xenstored socket); "
-                   "default: [xenstore] uri.")
-@click.option("--domain-path", metavar="PATH",
-              help="Use this domain home instead of reading `domid` (needed on a dom0 "
-                   "socket); default: [xenstore] domain-path.")
-@config_option
-def run(uri, domain_path, config_file):
-    """Serve quiesce requests: the host's over xenstore, Xen Orchestra's sync hook, and
-    the local CLI's over the control socket (systemd Type=notify daemon).
+def serve(uri=None, domain_path=None, config_file=None):
+    """Serve quiesce requests until SIGTERM/SIGINT; a QuiesceError is the admin's.
 
     A session left by a crashed daemon is reconciled at start.
     """
@@ -54,6 +43,19 @@ def run(uri, domain_path, config_file):
     Journal(config.state.run_dir).ensure_dir()
     lock = DaemonLock(config.state.run_dir).acquire()  # before any socket or port
     try:
-        Daemon(config, client, domain_path or config.xenstore.domain_path or None).run()
+        daemon = Daemon(config, client, domain_path or config.xenstore.domain_path or None)
+        release_freed_memory()
+        daemon.run()
     finally:
         lock.release()
+
+
+def release_freed_memory():
+    """Give the heap that start-up freed (import-time temporaries) back to the kernel: the
+    daemon idles for the guest's lifetime. glibc's malloc_trim; a no-op elsewhere (musl)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).malloc_trim(0)
+    except (AttributeError, OSError):
+        pass

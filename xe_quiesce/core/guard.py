@@ -160,7 +160,16 @@ class GuardProgram(object):
     def __init__(self, process, sock):
         self.process = process
         self.sock = sock
-        self.identity = _identity(process.pid)
+        self._identity = None
+
+    @property
+    def identity(self):
+        """[pid, start time], read at the first session's start, before its freeze: psutil
+        is not the idle daemon's memory. The guard is our child: its pid is not reused
+        before we have waited for it."""
+        if self._identity is None:
+            self._identity = _identity(self.process.pid)
+        return self._identity
 
     @classmethod
     def spawn(cls):

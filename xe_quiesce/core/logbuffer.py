@@ -6,7 +6,6 @@ holds filesystems frozen, records go to a bounded buffer and are written after t
 """
 import collections
 import logging
-import logging.handlers
 import os
 import sys
 import threading
@@ -125,6 +124,8 @@ def add_syslog_when_detached(environ=None):
     environ = os.environ if environ is None else environ
     if environ.get("JOURNAL_STREAM") or sys.stderr.isatty() or not os.path.exists("/dev/log"):
         return False
+    import logging.handlers  # only here: under systemd an idle daemon does without it
+
     try:
         handler = logging.handlers.SysLogHandler(address="/dev/log")
     except OSError:

@@ -4,14 +4,18 @@ guard's owner, so that one rule decides liveness everywhere.
 A pid alone may be reused, so a process is recorded with its start time. A zombie has
 exited and holds no fds: it counts as gone even before its parent (maybe a late-reaping
 init, for the reparented guard) has waited for it.
+
+psutil (1.5 MiB) is imported by the first call, not at load: an idle daemon does not
+need it, and the first call is a session's start (its owner's identity), before any
+freeze, so nothing is imported inside a frozen window.
 """
 import time
-
-import psutil
 
 
 def identity(pid):
     """[pid, start time] for the journal."""
+    import psutil
+
     try:
         return [pid, psutil.Process(pid).create_time()]
     except psutil.Error:
@@ -23,6 +27,8 @@ def alive(recorded):
     if not recorded or recorded[0] is None:
         return False
     pid, started = recorded
+    import psutil
+
     try:
         process = psutil.Process(pid)
         if process.status() == psutil.STATUS_ZOMBIE:

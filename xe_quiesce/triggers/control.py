@@ -9,7 +9,6 @@ When no daemon listens, the CLI acts itself, with the same guard and journal.
 import errno
 import fcntl
 import json
-import logging
 import os
 import socket
 import struct
@@ -17,12 +16,19 @@ import threading
 
 from ..errors import BusyError, QuiesceError
 
-log = logging.getLogger(__name__)
-
 SOCKET_NAME = "control.sock"
 LOCK_NAME = "daemon.lock"
 MAX_REQUEST = 65536
 REQUEST_READ_TIMEOUT = 5.0
+
+
+def _log():
+    """The server's logger. logging is not imported at load: the client side runs in
+    `xe-quiesce thaw`, whose start-up is inside two-command scripts' frozen window; the
+    daemon, which serves, has logging loaded long before."""
+    import logging
+
+    return logging.getLogger(__name__)
 
 
 def socket_path(run_dir):
@@ -138,7 +144,7 @@ class ControlServer(object):
                 conn.settimeout(None)
                 conn.sendall(json.dumps(answer).encode() + b"\n")
             except (OSError, ValueError) as error:
-                log.warning("control socket: bad request: %s", error)
+                _log().warning("control socket: bad request: %s", error)
 
     def _dispatch(self, line):
         try:
@@ -155,7 +161,7 @@ class ControlServer(object):
         except QuiesceError as error:
             return {"ok": False, "error": str(error)}
         except Exception as error:  # keep serving; report what broke
-            log.exception("control request %s failed", request.get("op"))
+            _log().exception("control request %s failed", request.get("op"))
             return {"ok": False, "error": "{}: {}".format(type(error).__name__, error)}
 
 

@@ -20,6 +20,11 @@ and 431 for malformed or oversized requests; 409 while another session is active
 Nothing acts before the request is complete. Nothing on the request path writes to
 disk, so /post-sync is served while the guest is frozen; if it never comes, the session
 deadline thaws (XO skips /post-sync whenever its snapshot call fails).
+
+Idle, the hook is listening sockets and threads blocked in select(): ssl and hmac
+(OpenSSL's libssl and libcrypto, 3-4 MiB of the daemon's memory) load at the first
+connection, its TLS context is made then and kept. The certificate pair is checked at
+start all the same, in a child process (tls.check_pair).
 """
 import collections
 import ipaddress
@@ -28,7 +33,6 @@ import os
 import select
 import socket
 import socketserver
-import ssl
 import sys
 import threading
 
@@ -36,7 +40,7 @@ from ..access import AccessPolicy, read_secret
 from ..core.cancel import AbandonedError, Cancel
 from ..errors import BusyError, ConfigError, QuiesceError
 from ..protocol import XO
-from ..tls import certificate_pair, fingerprint, server_context
+from ..tls import certificate_pair, check_pair
 
 log = logging.getLogger(__name__)
 
@@ -147,8 +151,14 @@ class _Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
 
     def get_request(self):
         conn, address = self.socket.accept()
-        return self.hook.context.wrap_socket(conn, server_side=True,
-                                             do_handshake_on_connect=False), address
+        try:
+            context = self.hook.tls_context()
+        except QuiesceError as error:  # the pair checked at start went bad since
+            conn.close()
+            log.error("sync hook: %s", error)
+            raise OSError(str(error))  # socketserver drops this connection, serves the next
+        return context.wrap_socket(conn, server_side=True, do_handshake_on_connect=False), \
+            address
 
 
 class _Handler(socketserver.BaseRequestHandler):
@@ -171,7 +181,7 @@ class _Handler(socketserver.BaseRequestHandler):
             return
         except BadRequest as error:
             return self._answer(error.status, str(error))
-        except (OSError, ssl.SSLError) as error:  # socket.timeout is an OSError
+        except OSError as error:  # ssl.SSLError and socket.timeout are OSErrors
             log.debug("sync hook: connection from %s failed before a request: %s", address,
                       error)
             return
@@ -202,7 +212,7 @@ class _Handler(socketserver.BaseRequestHandler):
             head.append("Allow: GET")
         try:
             self.request.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + body)
-        except (OSError, ssl.SSLError) as error:
+        except OSError as error:  # ssl.SSLError included
             log.info("sync hook: %s was gone when its %d answer was written (%s)",
                      self.client_address[0], code, error)
             return False
@@ -278,8 +288,9 @@ class XoListener(object):
         self.servers = []
         self.threads = []
         self._stop_pipe = None
-        self.cert = None
+        self.cert = self.key = self._fingerprint = None
         self.context = None
+        self._context_lock = threading.Lock()
         self.policy = None
         self._lock = threading.Lock()
         self._syncing = {}  # client address -> the Cancel of its /sync in progress
@@ -298,8 +309,8 @@ class XoListener(object):
             return False
         secret = read_secret(self.xo.secret_file) if self.xo.secret_file else None
         self.policy = AccessPolicy(self.xo.allow_from, secret)
-        self.cert, key = certificate_pair(self.xo)
-        self.context = server_context(self.cert, key)
+        self.cert, self.key = certificate_pair(self.xo)
+        self._fingerprint = check_pair(self.cert, self.key)
         self._stop_pipe = os.pipe()
         for address, family in self._addresses():
             server = _Server((address, self.xo.port), family, self)
@@ -325,7 +336,16 @@ class XoListener(object):
         return [("0.0.0.0", socket.AF_INET)]
 
     def fingerprint(self):
-        return fingerprint(self.cert) if self.cert else None
+        return self._fingerprint
+
+    def tls_context(self):
+        """The server's TLS context, made at the first connection and kept."""
+        with self._context_lock:
+            if self.context is None:
+                from ..tls import server_context
+
+                self.context = server_context(self.cert, self.key)
+            return self.context
 
     def stop(self):
         if self._stop_pipe is None:
