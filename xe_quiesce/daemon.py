@@ -129,18 +129,13 @@ class Daemon(object):
         return tag, why + note
 
     def status(self, _request):
-        agent = self.agent
-        held = self.holder.held_trigger()
-        xo_on = bool(self.xo.servers)
+        xo = self.xo.status()
+        xo["off_reason"] = self.xo_error or xo["off_reason"]
+        xo_on = xo["on"]
         data = {
             "running": True, "pid": os.getpid(), "version": __version__,
-            "xenstore": {"uri": agent.client.uri, "domain_path": agent.domain_path,
-                         "feature_advertised": not agent.feature_refused,
-                         "conversation": agent.machine.state if agent.machine else None},
-            "xo_sync_hook": {"on": xo_on, "port": self.config.xo.port if xo_on else None,
-                             "fingerprint": self.xo.fingerprint() if xo_on else None,
-                             "off_reason": self.xo_error or self.xo.off_reason()},
-            "held_by_daemon": held,
+            "xenstore": self.agent.status(), "xo_sync_hook": xo,
+            "held_by_daemon": self.holder.held_trigger(),
         }
         xs = data["xenstore"]
         lines = ["xenstore: {} at {}, control/feature-quiesce {}".format(

@@ -76,6 +76,12 @@ class XapiTrigger(object):
     def request_stop(self, *_signal_args):
         self.stop_requested = True
 
+    def status(self):
+        """What `xe-quiesce status` shows of the xenstore conversation."""
+        return {"uri": self.client.uri, "domain_path": self.domain_path,
+                "feature_advertised": not self.feature_refused,
+                "conversation": self.machine.state if self.machine else None}
+
     def run(self):
         """Serve until stopped (SIGTERM/SIGINT); a frozen session is thawed first."""
         previous = {sig: signal.signal(sig, self.request_stop)

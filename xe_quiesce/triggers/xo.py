@@ -338,6 +338,14 @@ class XoListener(object):
     def fingerprint(self):
         return self._fingerprint
 
+    def status(self):
+        """What `xe-quiesce status` shows of the listener (the daemon's status asks each
+        trigger, instead of reading its attributes)."""
+        on = bool(self.servers)
+        return {"on": on, "port": self.xo.port if on else None,
+                "fingerprint": self.fingerprint() if on else None,
+                "off_reason": self.off_reason()}
+
     def tls_context(self):
         """The server's TLS context, made at the first connection and kept."""
         with self._context_lock:
