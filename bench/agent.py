@@ -30,9 +30,9 @@ import psutil
 
 from tests.dom0sim import Dom0Sim
 from tests.guestd import GuestDaemon
-from xe_quiesce import control
 from xe_quiesce.host import xapi_role
 from xe_quiesce.host.snapwatchd_role import SnapshotResult
+from xe_quiesce.triggers import control
 from xe_quiesce.xenstore import XenstoreClient
 
 from .others import sample

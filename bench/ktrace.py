@@ -12,7 +12,7 @@ time.monotonic(). After each run the bench takes the events and clears the buffe
 import os
 import re
 
-from xe_quiesce.fsops import FIFREEZE, FITHAW
+from xe_quiesce.linux.fsops import FIFREEZE, FITHAW
 
 TRACEFS = "/sys/kernel/tracing"
 EVENTS = ("syscalls/sys_enter_ioctl", "syscalls/sys_exit_ioctl")

@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 
-from xe_quiesce.fsops import FIFREEZE, FITHAW
+from xe_quiesce.linux.fsops import FIFREEZE, FITHAW
 
 
 def sample(window, latency, per_fs=None, **extra):

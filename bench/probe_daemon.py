@@ -14,7 +14,8 @@ import json
 import os
 import time
 
-from xe_quiesce import cli, freezer, guard, session
+from xe_quiesce.cli import main as cli
+from xe_quiesce.core import freezer, guard, session
 
 FIELDS = ("freeze_start", "frozen_at", "thaw_start", "thawed_at")
 _steps = {}

@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-from xe_quiesce.fsops import FIFREEZE, FITHAW
+from xe_quiesce.linux.fsops import FIFREEZE, FITHAW
 
 from .stats import median, p90, ratio
 

@@ -24,8 +24,9 @@ import types
 
 from tests.loopfs import is_frozen
 from tests.rig.xenstored import Xenstored
-from xe_quiesce import __version__, control, tls
-from xe_quiesce.fsops import FIFREEZE, FITHAW, FsOps
+from xe_quiesce import __version__, tls
+from xe_quiesce.linux.fsops import FIFREEZE, FITHAW, FsOps
+from xe_quiesce.triggers import control
 
 from . import idle, ktrace, others, scale
 from .agent import AgentRig

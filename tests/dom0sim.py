@@ -9,7 +9,8 @@ import subprocess
 import threading
 import uuid
 
-from xe_quiesce.host import xapi_role, xenopsd
+from tests import domains
+from xe_quiesce.host import xapi_role
 from xe_quiesce.host.snapwatchd_role import SnapshotResult, Snapwatchd
 from xe_quiesce.xenstore import XenstoreClient
 
@@ -42,9 +43,9 @@ class Dom0Sim(object):
         self.uri = uri
         self.domid = domid
         self.vm_uuid = str(uuid.uuid4())
-        self.vbds = [xenopsd.Vbd(devid, vdi, "disk") for devid, vdi in zip(DISK_DEVIDS, vdis)]
+        self.vbds = [domains.Vbd(devid, vdi, "disk") for devid, vdi in zip(DISK_DEVIDS, vdis)]
         if cdrom:
-            self.vbds.append(xenopsd.Vbd(CDROM_DEVID, None, "cdrom"))
+            self.vbds.append(domains.Vbd(CDROM_DEVID, None, "cdrom"))
         self.vm_disks = list(vdis) if vm_disks is None else list(vm_disks)
         self.take_snapshot = take_snapshot
         self.failure = failure
@@ -59,7 +60,7 @@ class Dom0Sim(object):
     def start(self):
         """Build the domain (xenopsd) and start snapwatchd."""
         self.client.connect()
-        self.home, self.vss = xenopsd.build_domain(self.client, self.domid, self.vm_uuid,
+        self.home, self.vss = domains.build_domain(self.client, self.domid, self.vm_uuid,
                                                    "guest", self.vbds)
         self.start_snapwatchd()
         return self

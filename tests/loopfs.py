@@ -8,7 +8,7 @@ import fcntl
 import os
 import subprocess
 
-from xe_quiesce.fsops import FIFREEZE, FITHAW
+from xe_quiesce.linux.fsops import FIFREEZE, FITHAW
 
 MKFS = {
     "ext4": ["mkfs.ext4", "-q", "-F"],

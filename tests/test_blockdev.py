@@ -1,4 +1,4 @@
-"""xe_quiesce.blockdev: the block-device stack, read from fixture sysfs trees and this machine.
+"""xe_quiesce.linux.blockdev: the block-device stack, from fixture sysfs trees and this machine.
 
 The fixture trees under tests/fixtures/sysfs/ are built by tests/fixtures/build_sysfs.py
 and committed; the last tests read the live /sys for loop devices and a two-device btrfs
@@ -12,7 +12,7 @@ import subprocess
 import pytest
 
 from tests.fixtures import build_sysfs
-from xe_quiesce.blockdev import BlockDevice, BlockTopology
+from xe_quiesce.linux.blockdev import BlockDevice, BlockTopology
 
 FIXTURES = build_sysfs.DEFAULT_DEST
 CAPTURE = os.path.join(os.path.dirname(build_sysfs.__file__), "capture_sysfs.sh")

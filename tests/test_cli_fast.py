@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from xe_quiesce.cli_fast import RUN_OPTIONS, THAW_OPTIONS, output, parse
+from xe_quiesce.cli.fast import RUN_OPTIONS, THAW_OPTIONS, output, parse
 
 THAW_FLAGS = {"--json": "as_json"}
 
@@ -53,7 +53,7 @@ def test_the_daemon_starts_without_importing_click():
     """`xe-quiesce run` reaches serve() with its options and no click in memory."""
     code = "\n".join([
         "import sys",
-        "from xe_quiesce import cli, cli_run",
+        "from xe_quiesce.cli import main as cli, run as cli_run",
         "cli_run.serve = lambda **kw: print(sorted(kw.items()))",
         "sys.argv = ['xe-quiesce', '-v', 'run', '--config', '/c.conf']",
         "try:",

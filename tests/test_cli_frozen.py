@@ -14,7 +14,7 @@ import pytest
 
 from tests.loopfs import is_frozen
 from tests.waiting import wait_until
-from xe_quiesce import cli_frozen
+from xe_quiesce.cli import frozen as cli_frozen
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

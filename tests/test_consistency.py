@@ -3,7 +3,7 @@ import os
 import subprocess
 
 from tests.consistency import Writer, check_copy
-from xe_quiesce.session import QuiesceSession
+from xe_quiesce.core.session import QuiesceSession
 
 CYCLES = 20
 

@@ -10,7 +10,7 @@ import logging
 
 import pytest
 
-from xe_quiesce import conversation as cv
+from xe_quiesce.triggers import conversation as cv
 
 D = "/local/domain/7"
 C = D + "/control/snapshot"

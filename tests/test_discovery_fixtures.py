@@ -10,7 +10,7 @@ import types
 import pytest
 
 from tests.fixtures import build_sysfs
-from xe_quiesce.discovery import discover
+from xe_quiesce.core.discovery import discover
 from xe_quiesce.errors import ConfigError
 
 FIXTURES = build_sysfs.DEFAULT_DEST

@@ -11,11 +11,11 @@ import pytest
 
 from tests.loopfs import is_frozen, run
 from xe_quiesce.config import parse_config
+from xe_quiesce.core.freezer import NOT_ATTEMPTED, Freezer
+from xe_quiesce.core.journal import Journal
+from xe_quiesce.core.session import QuiesceSession, make_plan
 from xe_quiesce.errors import BusyError, FreezeError
-from xe_quiesce.freezer import NOT_ATTEMPTED, Freezer
-from xe_quiesce.fsops import FsOps
-from xe_quiesce.journal import Journal
-from xe_quiesce.session import QuiesceSession, make_plan
+from xe_quiesce.linux.fsops import FsOps
 
 WRITER = "import os,sys; f=open(sys.argv[1],'w'); f.write('x'); f.flush(); os.fsync(f.fileno())"
 
@@ -149,7 +149,7 @@ def test_second_session_is_refused_while_one_is_frozen(loopfs, config_for):
 HOLDER = """
 import sys, time
 from xe_quiesce.config import load_config
-from xe_quiesce.session import QuiesceSession
+from xe_quiesce.core.session import QuiesceSession
 session = QuiesceSession(load_config(sys.argv[1]), "cli")
 session.start()
 print("frozen", flush=True)

@@ -12,11 +12,12 @@ import pytest
 
 from tests.loopfs import is_frozen
 from tests.waiting import wait_until
-from xe_quiesce import guard, procs
-from xe_quiesce.fsops import FsOps
-from xe_quiesce.guard import FDS_PER_PACKET, RETHAW_INTERVAL, Guard, GuardService
-from xe_quiesce.journal import Journal
-from xe_quiesce.session import QuiesceSession
+from xe_quiesce.core import guard
+from xe_quiesce.core.guard import FDS_PER_PACKET, RETHAW_INTERVAL, Guard, GuardService
+from xe_quiesce.core.journal import Journal
+from xe_quiesce.core.session import QuiesceSession
+from xe_quiesce.linux import procs
+from xe_quiesce.linux.fsops import FsOps
 
 
 @pytest.fixture
@@ -62,7 +63,7 @@ def cmdline(pid):
 
 def test_the_guard_is_a_program_of_its_own_not_a_fork(service):
     pid = service.identity[0]
-    assert b"from xe_quiesce.guard import main" in b" ".join(cmdline(pid))
+    assert b"from xe_quiesce.core.guard import main" in b" ".join(cmdline(pid))
     assert os.getsid(pid) == pid  # its own session: a signal to our group spares it
 
 
@@ -122,8 +123,8 @@ def test_a_thaw_request_thaws_the_armed_session(loopfs, config_for, service):
 HOLDER = """
 import sys, time
 from xe_quiesce.config import load_config
-from xe_quiesce.guard import GuardService
-from xe_quiesce.session import QuiesceSession
+from xe_quiesce.core.guard import GuardService
+from xe_quiesce.core.session import QuiesceSession
 guards = GuardService()
 guards.start()
 QuiesceSession(load_config(sys.argv[1]), "cli", hooks=False, guards=guards).start()

@@ -22,9 +22,9 @@ from tests.dom0sim import Dom0Sim, copy_images
 from tests.guestd import GuestDaemon
 from tests.loopfs import is_frozen
 from tests.waiting import wait_until
-from xe_quiesce.guest_agent import GuestAgent
 from xe_quiesce.host.snapwatchd_role import SnapshotResult
 from xe_quiesce.host.xapi_role import FAILED, XapiError
+from xe_quiesce.triggers.xapi import XapiTrigger
 from xe_quiesce.xenstore import (
     XenstoreClient,
     XenstoreConnectionError,
@@ -489,7 +489,7 @@ class RefusingControl(XenstoreClient):
 def test_advertisement_refused_is_logged_not_fatal(xenstored, config_for, loopfs, caplog):
     fs = loopfs("ext4")
     home = "/local/domain/12"
-    agent = GuestAgent(config_for([fs.mount_point]),
+    agent = XapiTrigger(config_for([fs.mount_point]),
                        RefusingControl(xenstored.uri, timeout=2.0), home)
     logger = logging.getLogger("xe_quiesce")
     propagate, logger.propagate = logger.propagate, True  # the CLI's gate may own it

@@ -16,8 +16,8 @@ import pytest
 
 from tests.loopfs import LoopFs, is_frozen
 from xe_quiesce.config import load_config
-from xe_quiesce.hooks import HookSet
-from xe_quiesce.session import QuiesceSession
+from xe_quiesce.core.hooks import HookSet
+from xe_quiesce.core.session import QuiesceSession
 
 SAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                        "samples", "hooks")

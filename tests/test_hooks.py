@@ -10,9 +10,9 @@ import pytest
 
 from tests.loopfs import is_frozen, run
 from xe_quiesce.config import load_config, parse_config
+from xe_quiesce.core.hooks import KILL_GRACE, OUTPUT_LIMIT, HookSet
+from xe_quiesce.core.session import QuiesceSession
 from xe_quiesce.errors import HookError
-from xe_quiesce.hooks import KILL_GRACE, OUTPUT_LIMIT, HookSet
-from xe_quiesce.session import QuiesceSession
 
 ENV = {"XE_QUIESCE_SESSION": "s1", "XE_QUIESCE_TRIGGER": "cli",
        "XE_QUIESCE_DEADLINE": "0", "XE_QUIESCE_MOUNTS": "/a /b"}

@@ -22,10 +22,10 @@ from importlib import metadata
 import pytest
 import XenAPI
 
+from tests import domains
 from tests.guestd import GuestDaemon
 from tests.loopfs import is_frozen
 from tests.xapi_server import NULL, FakeXapi
-from xe_quiesce.host import xenopsd
 from xe_quiesce.xenstore import XenstoreClient
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -97,9 +97,9 @@ class Host(object):
             vbd = self.xapi.add_disk(self.vm, userdevice, fs.image, fs.fstype)
             self.vdis.append(self.xapi.db["VDI"][self.xapi.db["VBD"][vbd]["VDI"]]["uuid"])
         self.xapi.add_disk(self.vm, 3)  # an empty CD drive
-        vbds = [xenopsd.Vbd(devid, vdi, "disk") for devid, vdi in zip(DEVIDS, self.vdis)]
-        vbds.append(xenopsd.Vbd(CDROM_DEVID, None, "cdrom"))
-        self.home, self.vss = xenopsd.build_domain(self.client, DOMID, self.vm_uuid, name, vbds)
+        vbds = [domains.Vbd(devid, vdi, "disk") for devid, vdi in zip(DEVIDS, self.vdis)]
+        vbds.append(domains.Vbd(CDROM_DEVID, None, "cdrom"))
+        self.home, self.vss = domains.build_domain(self.client, DOMID, self.vm_uuid, name, vbds)
         self.client.rm(self.vss)
         self.client.rm(self.home + "/vss")
         self.control = self.home + "/control/snapshot"

@@ -10,6 +10,7 @@ import uuid
 
 import pytest
 
+from tests import domains
 from xe_quiesce.host import xapi_role, xenopsd
 from xe_quiesce.host.snapwatchd_role import SnapshotResult, Snapwatchd
 from xe_quiesce.host.xapi_role import XapiError
@@ -23,9 +24,9 @@ VDIS = [str(uuid.uuid4()), str(uuid.uuid4())]
 @pytest.fixture
 def dom(xenstored):
     with XenstoreClient(xenstored.uri, timeout=2.0) as client:
-        vbds = [xenopsd.Vbd(51712, VDIS[0], "disk"), xenopsd.Vbd(51728, VDIS[1], "disk"),
-                xenopsd.Vbd(5632, None, "cdrom")]
-        home, vss = xenopsd.build_domain(client, DOMID, VM, "g", vbds)
+        vbds = [domains.Vbd(51712, VDIS[0], "disk"), domains.Vbd(51728, VDIS[1], "disk"),
+                domains.Vbd(5632, None, "cdrom")]
+        home, vss = domains.build_domain(client, DOMID, VM, "g", vbds)
         client.write(home + "/control/feature-quiesce", "1")
         yield client, home, vss
 

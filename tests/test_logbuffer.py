@@ -1,7 +1,7 @@
 """The log gate: nothing reaches the real handler while held; order kept; bounded."""
 import logging
 
-from xe_quiesce.logbuffer import LogGate
+from xe_quiesce.core.logbuffer import LogGate
 
 
 class Collect(logging.Handler):

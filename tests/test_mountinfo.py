@@ -1,7 +1,7 @@
 """mountinfo parsing: escapes, optional fields, devices, ids."""
 import pytest
 
-from xe_quiesce.mountinfo import MountinfoError, is_read_only, parse_line, parse_mountinfo
+from xe_quiesce.linux.mountinfo import MountinfoError, is_read_only, parse_line, parse_mountinfo
 
 LINES = r"""
 22 1 202:1 / / rw,relatime shared:1 - ext4 /dev/xvda1 rw,errors=remount-ro

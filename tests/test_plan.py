@@ -1,8 +1,8 @@
 """The plan graph on made-up filesystems: order, concurrency groups, cycles broken."""
 from types import SimpleNamespace
 
-from xe_quiesce.mountinfo import parse_mountinfo
-from xe_quiesce.plan import build_plan
+from xe_quiesce.core.plan import build_plan
+from xe_quiesce.linux.mountinfo import parse_mountinfo
 
 MOUNTS = parse_mountinfo("""
 1 0 202:1 / / rw - ext4 /dev/xvda1 rw

@@ -11,10 +11,10 @@ import sys
 import pytest
 import XenAPI
 
+from tests import domains
 from tests.test_host_companion import PLUGIN, run_cli, xenapi_plugin_dir  # noqa: F401
 from tests.test_relay import relay_host_fixture  # noqa: F401 (the host fixture)
 from tests.xapi_server import NULL
-from xe_quiesce.host import xenopsd
 from xe_quiesce.host.fleet import GUEST_LISTENER, NONE, RELAY, age, xo_trigger
 
 VM = "6f1d7e8a-1b2c-4d3e-8f90-a1b2c3d4e5f6"
@@ -55,7 +55,7 @@ def domain(host, name, domid, resident_on, tags, agent=False):
     """A running VM of the pool and its domain in the (shared) test xenstore."""
     ref = host.xapi.add_vm(name, domid=str(domid), resident_on=resident_on, tags=tags)
     record = host.xapi.db["VM"][ref]
-    home, _ = xenopsd.build_domain(host.client, domid, record["uuid"], name, [])
+    home, _ = domains.build_domain(host.client, domid, record["uuid"], name, [])
     if agent:
         for key, value in (("control/feature-quiesce", "1"), ("data/xe-quiesce/version", "9.9"),
                            ("data/xe-quiesce/state", "idle")):

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from xe_quiesce import cli_run
-from xe_quiesce.logbuffer import JournalFormatter, stderr_is_journal
+from xe_quiesce.cli import run as cli_run
+from xe_quiesce.core.logbuffer import JournalFormatter, stderr_is_journal
 from xe_quiesce.xenstore import XENBUS_DEVICES
 
 SESSION_LINE = re.compile(r"session \w+ \(trigger cli\): froze (.+); [\d.]+ s from start "

@@ -6,11 +6,11 @@ import os
 import pytest
 
 from tests.loopfs import is_frozen, run
-from xe_quiesce.discovery import plan_inputs
+from xe_quiesce.core.discovery import plan_inputs
+from xe_quiesce.core.session import QuiesceSession, make_plan
+from xe_quiesce.core.warm_plan import WarmPlan
 from xe_quiesce.errors import ConfigError
-from xe_quiesce.mountinfo import read_mountinfo
-from xe_quiesce.session import QuiesceSession, make_plan
-from xe_quiesce.warm_plan import WarmPlan
+from xe_quiesce.linux.mountinfo import read_mountinfo
 
 
 class Counting(object):

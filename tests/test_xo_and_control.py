@@ -247,7 +247,7 @@ def test_thaw_through_the_daemon_does_not_import_click(xo):
     assert thaw.returncode == 0 and thaw.stdout == "thawed: thawed\n"
     loaded = [line.split("|")[-1].strip() for line in thaw.stderr.splitlines()
               if line.startswith("import time:")]
-    assert "xe_quiesce.control" in loaded and "click" not in loaded
+    assert "xe_quiesce.triggers.control" in loaded and "click" not in loaded
     assert [line for line in thaw.stderr.splitlines()
             if not line.startswith("import time:")] == []
     assert xo.frozen() == [False, False]

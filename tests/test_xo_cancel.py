@@ -8,8 +8,8 @@ import pytest
 
 from tests.loopfs import is_frozen
 from tests.test_hooks import Bed
-from xe_quiesce.cancel import AbandonedError, Cancel
-from xe_quiesce.session import QuiesceSession
+from xe_quiesce.core.cancel import AbandonedError, Cancel
+from xe_quiesce.core.session import QuiesceSession
 
 REASON = "Xen Orchestra stopped waiting after 1.0 s"
 

@@ -12,7 +12,7 @@ import pytest
 from tests.test_hooks import Bed
 from tests.test_xo_and_control import SECRET, XoRig
 from tests.xo.client import XoRun, run
-from xe_quiesce.xo_tag import TAG, advice, xo_address
+from xe_quiesce.triggers.xo_tag import TAG, advice, xo_address
 
 WAIT = 60  # seconds for anything that should happen "soon" on a loaded machine
 # XO's syncHookTimeout where it must fire while a freeze hook still runs (60 s): long

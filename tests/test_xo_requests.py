@@ -10,7 +10,7 @@ import ssl
 import pytest
 
 from tests.test_xo_and_control import XoRig
-from xe_quiesce.xo_hook import (
+from xe_quiesce.triggers.xo import (
     HEADER_LIMIT,
     BadRequest,
     IncompleteRequest,

@@ -1,4 +1,4 @@
-"""`xe-quiesce run` assembled: every trigger around one coordinator, one journal.
+"""`xe-quiesce run` assembled: every trigger around one session holder, one journal.
 
 Triggers: the xenstore conversation (its own loop, the main thread), Xen Orchestra's
 HTTPS sync hook, and the local control socket the CLI uses. They share the journal's
@@ -13,25 +13,26 @@ import logging
 import os
 import socket
 
-from . import __version__, logbuffer
+from . import __version__
 from .config import session_timeout
-from .control import ControlServer
-from .coordinator import Coordinator
-from .discovery import plan_inputs
+from .core import logbuffer
+from .core.discovery import plan_inputs
+from .core.guard import GuardService
+from .core.holder import SessionHolder
+from .core.hooks import HookSet
+from .core.journal import Journal
+from .core.session import QuiesceSession, busy_message, make_plan, thaw_from_journal
+from .core.warm_plan import WarmPlan
 from .errors import BusyError, ConfigError, QuiesceError
-from .guard import GuardService
-from .guest_agent import GuestAgent
-from .hooks import HookSet
-from .journal import Journal
-from .mountinfo import read_mountinfo
-from .session import QuiesceSession, busy_message, make_plan, thaw_from_journal
-from .warm_plan import WarmPlan
+from .linux.mountinfo import read_mountinfo
+from .protocol import CLI, XAPI
+from .triggers.control import ControlServer
+from .triggers.xapi import XapiTrigger
+from .triggers.xo import XoListener
+from .triggers.xo_tag import advice, networks_from_xenstore
 from .xenstore import XenstoreClient, XenstoreError
-from .xo_hook import SyncHook
-from .xo_tag import advice, networks_from_xenstore
 
 log = logging.getLogger(__name__)
-CLI = "cli"
 
 
 class Daemon(object):
@@ -41,14 +42,14 @@ class Daemon(object):
         self.guards = GuardService()
         self.plans = WarmPlan(lambda: make_plan(config),
                               lambda: plan_inputs(config.freeze, read_mountinfo()))
-        self.coordinator = Coordinator(config, session_factory=self._session)
-        self.sync_hook = SyncHook(config, self.coordinator)
-        self.agent = GuestAgent(config, client, domain_path, environ=environ,
+        self.holder = SessionHolder(config, session_factory=self._session)
+        self.xo = XoListener(config, self.holder)
+        self.agent = XapiTrigger(config, client, domain_path, environ=environ,
                                 session_factory=lambda plan: self._session(
-                                    config, "xapi", plan=plan), planner=self.plans)
+                                    config, XAPI, plan=plan), planner=self.plans)
         self.control = ControlServer(config.state.run_dir, {
             "freeze": self.cli_freeze, "thaw": self.cli_thaw, "status": self.status})
-        self.sync_hook_error = None
+        self.xo_error = None
 
     def _session(self, config, trigger, plan=None):
         return QuiesceSession(config, trigger, plan=plan, guards=self.guards,
@@ -63,19 +64,19 @@ class Daemon(object):
         if closed:
             log.warning("earlier session %s (%s): %s", closed["session"], closed.get("trigger"),
                         closed["message"])
-            self.agent.interrupted = closed.get("trigger") == "xapi"
+            self.agent.interrupted = closed.get("trigger") == XAPI
         self.control.start()
         try:
             try:
-                self.sync_hook.start()
+                self.xo.start()
             except (QuiesceError, OSError) as error:  # xenstore is served without XO
-                self.sync_hook_error = self._why_no_sync_hook(error)
-                log.error("Xen Orchestra sync hook not started: %s", self.sync_hook_error)
+                self.xo_error = self._why_no_xo(error)
+                log.error("Xen Orchestra sync hook not started: %s", self.xo_error)
             self.agent.run()
         finally:
-            self.sync_hook.stop()
+            self.xo.stop()
             self.control.stop()
-            self.coordinator.shutdown()
+            self.holder.shutdown()
             self.guards.stop()
             self.plans.close()
 
@@ -87,7 +88,7 @@ class Daemon(object):
         except Exception as error:  # noqa: BLE001 - any failure is the request's to say
             log.debug("no plan at start: %s", error)
 
-    def _why_no_sync_hook(self, error):
+    def _why_no_xo(self, error):
         if isinstance(error, ConfigError):
             return str(self.config.located(error))
         if isinstance(error, OSError):  # the port is taken
@@ -97,16 +98,16 @@ class Daemon(object):
 
     def cli_freeze(self, request):
         timeout = session_timeout(request.get("timeout"), self.config.freeze.max_frozen)
-        return self.coordinator.freeze(CLI, timeout)
+        return self.holder.freeze(CLI, timeout)
 
     def cli_thaw(self, _request):
         """The admin may thaw what the daemon holds, or a CLI freeze from before it ran;
         not a xenstore session, which the host is waiting on."""
-        summary = self.coordinator.thaw(CLI)
+        summary = self.holder.thaw(CLI)
         if summary is not None:
             return summary
         active = self.journal.active()
-        if active and active.get("trigger") == "xapi":
+        if active and active.get("trigger") == XAPI:
             raise BusyError(busy_message(active) + "; the host's snapshot is waiting on it")
         return thaw_from_journal(self.journal, HookSet.load(self.config))
 
@@ -128,18 +129,13 @@ class Daemon(object):
         return tag, why + note
 
     def status(self, _request):
-        agent = self.agent
-        held = self.coordinator.held_trigger()
-        xo_on = bool(self.sync_hook.servers)
+        xo = self.xo.status()
+        xo["off_reason"] = self.xo_error or xo["off_reason"]
+        xo_on = xo["on"]
         data = {
             "running": True, "pid": os.getpid(), "version": __version__,
-            "xenstore": {"uri": agent.client.uri, "domain_path": agent.domain_path,
-                         "feature_advertised": not agent.feature_refused,
-                         "conversation": agent.machine.state if agent.machine else None},
-            "xo_sync_hook": {"on": xo_on, "port": self.config.xo.port if xo_on else None,
-                             "fingerprint": self.sync_hook.fingerprint() if xo_on else None,
-                             "off_reason": self.sync_hook_error or self.sync_hook.off_reason()},
-            "held_by_daemon": held,
+            "xenstore": self.agent.status(), "xo_sync_hook": xo,
+            "held_by_daemon": self.holder.held_trigger(),
         }
         xs = data["xenstore"]
         lines = ["xenstore: {} at {}, control/feature-quiesce {}".format(

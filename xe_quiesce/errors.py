@@ -1,7 +1,7 @@
 """The errors that end a command with one clear line instead of a traceback.
 
-Click-free: the click-free paths (xe_quiesce/cli_fast.py) end with the same lines as
-click's commands (cli_options.run_main).
+Click-free: the click-free paths (xe_quiesce/cli/fast.py) end with the same lines as
+click's commands (entry.run_main).
 """
 import os
 

@@ -9,9 +9,9 @@ Everything else is the real command line.
 import os
 import signal
 
-from xe_quiesce import cli
-from xe_quiesce import conversation as cv
-from xe_quiesce.guest_agent import GuestAgent
+from xe_quiesce.cli import main as cli
+from xe_quiesce.triggers import conversation as cv
+from xe_quiesce.triggers.xapi import XapiTrigger
 
 
 def describe(command):
@@ -20,7 +20,7 @@ def describe(command):
 
 
 def install(crash_at, steps_path):
-    execute = GuestAgent.execute
+    execute = XapiTrigger.execute
     counted = []
 
     def faulty(agent, command):
@@ -37,7 +37,7 @@ def install(crash_at, steps_path):
             counted.append(True)
         return execute(agent, command)
 
-    GuestAgent.execute = faulty
+    XapiTrigger.execute = faulty
 
 
 if __name__ == "__main__":

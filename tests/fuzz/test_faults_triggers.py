@@ -20,9 +20,9 @@ import pytest
 from tests.fuzz import figures
 from tests.guestd import GuestDaemon
 from tests.waiting import wait_until
-from xe_quiesce import control
 from xe_quiesce.errors import QuiesceError
 from xe_quiesce.host.xapi_role import FAILED, XapiError
+from xe_quiesce.triggers import control
 
 MAX_FROZEN = 3
 KILLS = 12

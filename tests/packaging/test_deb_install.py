@@ -50,6 +50,13 @@ def test_installed_with_dependencies(root):
         for name in [PKG_NAME, "python3-pyxs", "python3-psutil", "python3-click"])
 
 
+def test_ships_only_the_guest_modules(root):
+    """dom0's roles (xe_quiesce/host, xe-quiesce-host) are the host RPM's, not the guest's."""
+    listed = chroots.run_in(root, "dpkg-query", "-L", PKG_NAME).stdout.split()
+    assert [p for p in listed if p.endswith("/xe_quiesce/core/session.py")]
+    assert not [p for p in listed if "/xe_quiesce/host" in p or p.endswith("xe-quiesce-host")]
+
+
 def test_version_runs(root, version):
     assert chroots.run_in(root, "xe-quiesce", "--version").stdout.strip().endswith(version)
 

@@ -45,6 +45,11 @@ def test_files(host_rpm):
             SHARE + "/fallback/XenAPI/XenAPI.py", SHARE + "/fallback/XenAPIPlugin.py",
             "/usr/share/doc/xe-quiesce-host-%s/README.md" % rpm_q(host_rpm, "--qf",
                                                                  "%{VERSION}")} <= listed
+    # dom0's roles and the shared modules only (the list is tests/test_layers.py's)
+    ours = {p[len(SHARE + "/lib/"):] for p in listed if p.startswith(SHARE + "/lib/xe_quiesce/")}
+    assert {p for p in ours if not p.startswith("xe_quiesce/host/") and p.endswith(".py")} == {
+        "xe_quiesce/%s.py" % name for name in ("__init__", "protocol", "xenstore", "errors",
+                                               "tls", "access", "entry")}
     # private: nothing in site-packages (no clash with the guest package); the one
     # service is the relay's, installed off
     assert not [p for p in listed if "site-packages" in p or "init.d" in p]

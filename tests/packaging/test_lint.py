@@ -108,7 +108,7 @@ def test_unit_starts_with_the_guest_tools_but_does_not_stop_with_them():
 
 def _cli_surface():
     """(command, option) pairs of the real click CLI, plus the group's own options."""
-    from xe_quiesce.cli_commands import cli
+    from xe_quiesce.cli.commands import cli
     pairs = [("", opt) for param in cli.params for opt in param.opts if opt.startswith("--")]
     for name, command in cli.commands.items():
         pairs.append((name, None))

@@ -18,7 +18,7 @@ def test_make_install_into_destdir(init_script):
                      for d, _, names in os.walk(dest) for f in names}
         scripts = [p for p in installed if p.endswith("bin/xe-quiesce")]
         assert len(scripts) == 1
-        assert [p for p in installed if p.endswith("/xe_quiesce/cli.py")]
+        assert [p for p in installed if p.endswith("/xe_quiesce/cli/main.py")]
         assert {"etc/xe-quiesce/xe-quiesce.conf", "etc/init.d/xe-quiesce",
                 "usr/lib/systemd/system/xe-quiesce.service", "usr/share/man/man8/xe-quiesce.8",
                 "usr/share/bash-completion/completions/xe-quiesce"} <= installed

@@ -46,7 +46,8 @@ def test_systemd_package_files(rpm_systemd):
                      "/usr/lib/systemd/system-preset/90-xe-quiesce.preset"} <= listed
     assert {"/usr/lib/systemd/system/%s.d/xe-quiesce.conf" % unit for unit in TOOLS_UNITS} \
         <= listed
-    assert any(p.endswith("/site-packages/xe_quiesce/cli.py") for p in listed)
+    assert any(p.endswith("/site-packages/xe_quiesce/cli/main.py") for p in listed)
+    assert not [p for p in listed if "/xe_quiesce/host" in p or p.endswith("xe-quiesce-host")]
     assert not [p for p in listed if "init.d" in p]
 
 

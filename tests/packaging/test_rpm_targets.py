@@ -67,7 +67,8 @@ def test_payload_in_the_targets_site_packages(version, dist):
     assert os.path.basename(path) == "%s-%s-1.%s.noarch.rpm" % (PKG_NAME, version, dist)
     listed = set(rpm_q(path, "-l").split())
     sitelib = "/usr/lib/python%s/site-packages" % TARGETS[dist]["python"]
-    assert sitelib + "/xe_quiesce/cli.py" in listed
+    assert sitelib + "/xe_quiesce/cli/main.py" in listed
+    assert not [p for p in listed if "/xe_quiesce/host" in p]  # dom0's: xe-quiesce-host.spec
     assert not [p for p in listed if "/python3" in p and not p.startswith(sitelib)]
     assert (VENDOR + "/click/core.py" in listed) == (dist in BUNDLED_CLICK)
     provides = rpm_q(path, "--provides")
@@ -159,7 +160,7 @@ def test_installed_with_rpm_into_a_root_with_the_targets_python(version, dist, t
         subprocess.run(["rpm", "--root", root, "--initdb"], check=True, env=SYS_ENV)
         subprocess.run(["rpm", "--root", root, "-i", "--nodeps", package], check=True,
                        env=SYS_ENV)
-        assert os.path.exists(os.path.join(root, sitelib.lstrip("/"), "xe_quiesce/cli.py"))
+        assert os.path.exists(os.path.join(root, sitelib.lstrip("/"), "xe_quiesce/cli/main.py"))
         assert os.path.islink(os.path.join(
             root, "etc/systemd/system/multi-user.target.wants/xe-quiesce.service"))
 

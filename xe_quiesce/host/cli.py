@@ -14,7 +14,7 @@ import types
 import click
 
 from .. import __version__
-from ..cli_options import run_main
+from ..entry import run_main
 from . import companion, fleet, relay, xapi_role
 from .xenapi_ops import XAPI_URL_ENV, HostError, api_errors, open_session
 

@@ -17,6 +17,7 @@ import os
 import threading
 import time
 
+from .. import protocol
 from ..xenstore import XenstoreClient, XenstoreNotFound
 from . import xapi_role, xenopsd
 from .snapwatchd_role import SNAPSHOT_TIMEOUT, SnapshotResult, Snapwatchd
@@ -339,10 +340,10 @@ def check(api, settings, vm):
         for key in keys:
             if key.startswith("feature-"):
                 agent["advertised"][key] = client.read_or("{}/control/{}".format(home, key))
-        agent["version"] = client.read_or(home + "/data/xe-quiesce/version")
-        agent["state"] = client.read_or(home + "/data/xe-quiesce/state")
+        agent["version"] = client.read_or(home + "/" + protocol.AGENT_VERSION)
+        agent["state"] = client.read_or(home + "/" + protocol.AGENT_STATE)
     advertised = agent["advertised"]
-    if "1" not in (advertised.get("feature-quiesce"), advertised.get("feature-snapshot")):
+    if not protocol.advertises(lambda key: advertised.get(key.rpartition("/")[2])):
         return _verdict(report, "the guest does not advertise control/feature-quiesce")
     if not report["disks"]:
         return _verdict(report, "the VM has no disk to snapshot")

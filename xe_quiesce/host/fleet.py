@@ -13,6 +13,7 @@ import json
 import time
 import urllib.parse
 
+from .. import protocol
 from ..xenstore import XenstoreClient, XenstoreNotFound
 from .companion import QUIESCED_TAG, guest_home
 from .xenapi_ops import HostError, describe, local_host_uuid, xenapi
@@ -54,10 +55,9 @@ def _agent_here(client, vm):
     except (HostError, ValueError, XenstoreNotFound) as error:
         agent["problem"] = "cannot read the guest's xenstore: {}".format(error)
         return agent
-    agent["advertised"] = "1" in (client.read_or(home + "/control/feature-quiesce"),
-                                  client.read_or(home + "/control/feature-snapshot"))
-    agent["version"] = client.read_or(home + "/data/xe-quiesce/version")
-    agent["state"] = client.read_or(home + "/data/xe-quiesce/state")
+    agent["advertised"] = protocol.advertises(lambda key: client.read_or(home + "/" + key))
+    agent["version"] = client.read_or(home + "/" + protocol.AGENT_VERSION)
+    agent["state"] = client.read_or(home + "/" + protocol.AGENT_STATE)
     return agent
 
 

@@ -36,13 +36,13 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 from .. import tls
+from ..access import AccessPolicy, read_secret
 from ..errors import QuiesceError
+from ..protocol import UUID_RE
 from ..xenstore import XenstoreError
-from ..xo_hook import AccessPolicy, read_secret
 from . import companion
 from .snapwatchd_role import SnapshotResult
 from .xenapi_ops import (
-    UUID_RE,
     HostError,
     annotate,
     api_errors,

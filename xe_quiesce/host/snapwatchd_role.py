@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 
+from .. import protocol
 from ..xenstore import XenstoreNotFound
 from .waiting import wait_for
 
@@ -22,8 +23,8 @@ LOG = logging.getLogger(__name__)
 SNAPSHOT_TIMEOUT = 10.0   # snapwatchd gives VM.snapshot 10 s (F8)
 FAILURES = ("F7", "F8", "F9", "F10", "F11", "F12", "F13")
 
-CREATED = "snapshots-created"
-FAILED = "snapshots-failed"
+CREATED = protocol.SNAPSHOTS_CREATED
+FAILED = protocol.SNAPSHOTS_FAILED
 
 
 class SnapshotResult(object):
@@ -63,11 +64,11 @@ class Snapwatchd(object):
         if self.failure == "F13":
             return None
         status = wait_for(self.client, self.vss + "/status",
-                          lambda v: v in ("create-snapshots", "create-snapshotinfo"),
+                          lambda v: v in (protocol.CREATE_SNAPSHOTS, protocol.CREATE_SNAPSHOTINFO),
                           timeout, stop)
-        if status == "create-snapshots":
+        if status == protocol.CREATE_SNAPSHOTS:
             outcome = self.create_snapshots()
-        elif status == "create-snapshotinfo":
+        elif status == protocol.CREATE_SNAPSHOTINFO:
             outcome = self.create_snapshotinfo()
         else:
             return None
@@ -81,7 +82,7 @@ class Snapwatchd(object):
             if self.failure == "F11" and self.outcomes:
                 # the request stays unanswered; do not spin on the unchanged status
                 wait_for(self.client, self.vss + "/status",
-                         lambda v: v != "create-snapshots", 3600, stop)
+                         lambda v: v != protocol.CREATE_SNAPSHOTS, 3600, stop)
 
     def _status(self, value, why=""):
         if why:

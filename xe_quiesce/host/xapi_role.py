@@ -5,6 +5,7 @@ limit, the status limit, the first status value being final, `C/error` having to
 and the error names (with the historical misspelling DEOS). `C` is removed at the end,
 whatever happened, as xapi did.
 """
+from .. import protocol
 from ..xenstore import XenstoreNotFound
 from .waiting import NotFinished, wait_for
 
@@ -42,10 +43,8 @@ class QuiescedSnapshot(object):
 
 def check_feature(client, domain_path, vm):
     """Execution-time check (contract 1.2): feature-snapshot or feature-quiesce is "1"."""
-    for name in ("feature-snapshot", "feature-quiesce"):
-        if client.read_or("{}/control/{}".format(domain_path, name)) == "1":
-            return
-    raise XapiError(NOT_SUPPORTED, [vm])
+    if not protocol.advertises(lambda key: client.read_or(domain_path + "/" + key)):
+        raise XapiError(NOT_SUPPORTED, [vm])
 
 
 def snapshot_with_quiesce(client, domain_path, vm, ack_timeout=ACK_TIMEOUT,
@@ -55,11 +54,11 @@ def snapshot_with_quiesce(client, domain_path, vm, ack_timeout=ACK_TIMEOUT,
     `known_vm(uuid)` says whether a VM of that uuid exists (xapi's DB lookup of
     C/snapuuid, F6c); None accepts any non-empty value.
     """
-    control = domain_path + "/control/snapshot"
+    control = domain_path + "/" + protocol.SNAPSHOT_DIR
     check_feature(client, domain_path, vm)
     client.rm(control)
     try:
-        client.write(control + "/action", "create-snapshot")
+        client.write(control + "/action", protocol.CREATE_SNAPSHOT)
         if wait_for(client, control + "/action", lambda v: v is None,
                     ack_timeout) is NotFinished:
             raise XapiError(DEOS_NOT_RESPOND, [vm])
@@ -73,7 +72,7 @@ def snapshot_with_quiesce(client, domain_path, vm, ack_timeout=ACK_TIMEOUT,
 
 def _result(client, control, vm, status, known_vm):
     """Interpret the first C/status value seen; it is final (contract F5, F6)."""
-    if status == "snapshot-created":
+    if status == protocol.SNAPSHOT_CREATED:
         names = _list_or_internal(client, control + "/snapid")
         names.sort(key=lambda name: (len(name), name))
         snapid = "".join(client.read("{}/snapid/{}".format(control, name)) for name in names)
@@ -81,7 +80,7 @@ def _result(client, control, vm, status, known_vm):
         if not snapuuid or (known_vm is not None and not known_vm(snapuuid)):
             raise XapiError(FAILED, [vm])
         return QuiescedSnapshot(snapuuid, snapid)
-    if status == "snapshot-error":
+    if status == protocol.SNAPSHOT_ERROR:
         error = client.read_or(control + "/error")
         if error is None:
             raise XapiError(INTERNAL_ERROR, ["xenstore read {}/error: ENOENT".format(control)])

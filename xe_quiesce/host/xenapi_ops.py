@@ -9,19 +9,17 @@ first use, so that a host without it gets one clear line rather than an ImportEr
 Product code: dom0's Python 3.6 (XCP-ng 8.2) and newer.
 """
 import contextlib
-import re
 import socket
 import xmlrpc.client
 
 from ..errors import QuiesceError
+from ..protocol import UUID_RE
 from ..xenstore import XenstoreError
 
 XAPI_URL_ENV = "XE_QUIESCE_XAPI_URL"
 ORIGINATOR = "xe-quiesce-host"
 INVENTORY = "/etc/xensource-inventory"
 NULL_REF = "OpaqueRef:NULL"
-UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
-                     re.IGNORECASE)
 
 
 class HostError(QuiesceError):

@@ -15,12 +15,13 @@ import json
 import os
 import time
 
-from . import procs
-from .errors import QuiesceError
+from ..errors import QuiesceError
+from ..linux import procs
+from ..linux.fsops import FsOps
 from .freezer import thaw_recorded
-from .fsops import FsOps
 
-ACTIVE = ("quiescing", "frozen", "thawing")
+# What the session writes while it may hold filesystems frozen (it thaws, then finishes).
+ACTIVE = ("quiescing", "frozen")
 
 
 class Journal(object):

@@ -10,13 +10,13 @@ The xenstore conversation holds its session itself and never parks it here.
 import logging
 import threading
 
-from .errors import BusyError
+from ..errors import BusyError
 from .session import QuiesceSession, busy_message
 
 log = logging.getLogger(__name__)
 
 
-class Coordinator(object):
+class SessionHolder(object):
     def __init__(self, config, session_factory=QuiesceSession):
         self.config = config
         self.session_factory = session_factory

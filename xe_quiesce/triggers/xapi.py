@@ -12,23 +12,23 @@ import os
 import signal
 import time
 
-from . import __version__
-from . import conversation as cv
-from .discovery import Skipped
-from .errors import BusyError, QuiesceError
-from .journal import Journal
-from .plan import FreezePlan
-from .sdnotify import Watchdog, notify, watchdog_interval
-from .session import QuiesceSession, make_plan
-from .xenstore import (
+from .. import __version__
+from .. import protocol as proto
+from ..core.discovery import Skipped
+from ..core.journal import Journal
+from ..core.plan import FreezePlan
+from ..core.session import QuiesceSession, make_plan
+from ..errors import BusyError, QuiesceError
+from ..linux.sdnotify import Watchdog, notify, watchdog_interval
+from ..xenstore import (
     XenstoreError,
     XenstoreNotFound,
     XenstorePermissionError,
     XenstoreValueError,
 )
+from . import conversation as cv
 
 LOG = logging.getLogger(__name__)
-FEATURE = "control/feature-quiesce"
 TOKENS = ("action", "feature", "domain", "status")
 
 
@@ -48,7 +48,7 @@ def plan_for(config, devids, plan=None):
     return FreezePlan(keep, edges, list(plan.skipped) + left, plan.cycles)
 
 
-class GuestAgent(object):
+class XapiTrigger(object):
     """`xe-quiesce run`: advertise, watch C/action, play the guest's part per request."""
 
     def __init__(self, config, client, domain_path=None, session_factory=None,
@@ -58,7 +58,7 @@ class GuestAgent(object):
         self.client = client
         self.domain_path = domain_path
         self.session_factory = session_factory or (
-            lambda plan: QuiesceSession(config, trigger="xapi", plan=plan))
+            lambda plan: QuiesceSession(config, trigger=proto.XAPI, plan=plan))
         self.environ = environ
         self.journal = Journal(config.state.run_dir)
         self.machine = None
@@ -75,6 +75,12 @@ class GuestAgent(object):
 
     def request_stop(self, *_signal_args):
         self.stop_requested = True
+
+    def status(self):
+        """What `xe-quiesce status` shows of the xenstore conversation."""
+        return {"uri": self.client.uri, "domain_path": self.domain_path,
+                "feature_advertised": not self.feature_refused,
+                "conversation": self.machine.state if self.machine else None}
 
     def run(self):
         """Serve until stopped (SIGTERM/SIGINT); a frozen session is thawed first."""
@@ -120,7 +126,7 @@ class GuestAgent(object):
         # The domain's identity now, so a resume or migration is seen as a change.
         self.feed(self._read_event("domain"))
         for token, path in (("action", self.machine.control + "/action"),
-                            ("feature", self._home(FEATURE)),
+                            ("feature", self._home(proto.FEATURE_QUIESCE)),
                             ("domain", self._home("unique-domain-id"))):
             try:
                 self.client.watch(path, token)
@@ -205,7 +211,7 @@ class GuestAgent(object):
                 if self.status_path is None:
                     return None  # queued before the unwatch: stale
                 return cv.StatusSeen(self.client.read_or(self.status_path))
-            return cv.HomeChanged(self.client.read_or(self._home(FEATURE)),
+            return cv.HomeChanged(self.client.read_or(self._home(proto.FEATURE_QUIESCE)),
                                   self.client.read_or(self._home("unique-domain-id")))
         except XenstoreError as error:
             return cv.IoFailed(str(error))
@@ -241,7 +247,7 @@ class GuestAgent(object):
 
     def do_Publish(self, state):
         try:
-            self.client.write(self._home("data/xe-quiesce/state"), state)
+            self.client.write(self._home(proto.AGENT_STATE), state)
         except XenstoreError as error:
             LOG.warning("cannot publish state %s: %s", state, error)
 
@@ -255,18 +261,18 @@ class GuestAgent(object):
         fatal, as the feature cannot be offered there anyway.
         """
         try:
-            self.client.write(self._home(FEATURE), "1")
+            self.client.write(self._home(proto.FEATURE_QUIESCE), "1")
             self.feature_refused = False
         except XenstorePermissionError as error:
             level = logging.DEBUG if self.feature_refused else logging.WARNING
             LOG.log(level, "cannot advertise %s (%s): the host will not ask this guest for "
-                    "quiesced snapshots", FEATURE, error)
+                    "quiesced snapshots", proto.FEATURE_QUIESCE, error)
             self.feature_refused = True
         except XenstoreError as error:
-            LOG.warning("cannot advertise %s: %s", FEATURE, error)
+            LOG.warning("cannot advertise %s: %s", proto.FEATURE_QUIESCE, error)
         state = cv.PUBLISHED.get(self.machine.state, "idle")
-        for key, value in (("data/xe-quiesce/version", __version__),
-                           ("data/xe-quiesce/state", state),
+        for key, value in ((proto.AGENT_VERSION, __version__),
+                           (proto.AGENT_STATE, state),
                            ("data/updated", time.strftime("%a %b %d %H:%M:%S UTC %Y",
                                                           time.gmtime()))):
             try:
@@ -276,8 +282,8 @@ class GuestAgent(object):
 
     def do_Unadvertise(self):
         """At stop: the feature says 0 so xapi refuses at once instead of waiting 60 s."""
-        for action, key in ((lambda path: self.client.write(path, "0"), FEATURE),
-                            (self.client.rm, "data/xe-quiesce/state")):
+        for action, key in ((lambda path: self.client.write(path, "0"), proto.FEATURE_QUIESCE),
+                            (self.client.rm, proto.AGENT_STATE)):
             try:
                 action(self._home(key))
             except XenstoreError as error:
@@ -338,12 +344,12 @@ class GuestAgent(object):
             self.session = self.session_factory(plan)
             summary = self.session.start()
         except BusyError as error:
-            return cv.QuiesceFailed(cv.ERR_BUSY, "busy: {}".format(error))
+            return cv.QuiesceFailed(proto.ERR_BUSY, "busy: {}".format(error))
         except QuiesceError as error:
-            return cv.QuiesceFailed(cv.ERR_QUIESCE, "cannot quiesce: {}".format(error))
+            return cv.QuiesceFailed(proto.ERR_QUIESCE, "cannot quiesce: {}".format(error))
         except Exception as error:  # the session has undone itself; report, keep serving
             LOG.exception("quiesce session failed")
-            return cv.QuiesceFailed(cv.ERR_QUIESCE, "cannot quiesce: {}: {}".format(
+            return cv.QuiesceFailed(proto.ERR_QUIESCE, "cannot quiesce: {}: {}".format(
                 type(error).__name__, error))
         filesystems = [{"mount_point": fs.mount_point, "fstype": fs.fstype,
                         "vbds": list(fs.vbds)} for fs in self.session.plan.filesystems]

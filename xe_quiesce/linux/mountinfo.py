@@ -13,6 +13,15 @@ MountEntry = collections.namedtuple(
     "fstype source super_options",
 )
 
+
+
+def devno_of(major, minor):
+    """A filesystem's name in the plan and the journal: "major:minor", as mountinfo
+    spells it (the only key that tells two mounts of one superblock apart from two
+    filesystems)."""
+    return "{}:{}".format(major, minor)
+
+
 _OCTAL = re.compile(r"\\([0-7]{3})")
 
 

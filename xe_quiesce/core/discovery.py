@@ -9,9 +9,9 @@ import collections
 import fnmatch
 import os
 
-from .blockdev import BlockTopology
-from .errors import ConfigError
-from .mountinfo import is_read_only, read_mountinfo
+from ..errors import ConfigError
+from ..linux.blockdev import BlockTopology
+from ..linux.mountinfo import devno_of, is_read_only, read_mountinfo
 
 Filesystem = collections.namedtuple(
     "Filesystem",
@@ -128,7 +128,7 @@ def discover(freeze_cfg, root="/"):
                     disks.append(disk)
         vbds = [topology.vbd_devid(disk) for disk in disks]
         fs = Filesystem(
-            devno="{}:{}".format(main.major, main.minor),
+            devno=devno_of(main.major, main.minor),
             mount_point=main.mount_point,
             mount_points=tuple(entry.mount_point for entry in entries),
             fstype=main.fstype,

@@ -62,8 +62,8 @@ def output(closed, as_json):
 
 
 def _error(error):
-    """The one line and exit status of click's commands (cli_options.run_main)."""
-    from .errors import error_line
+    """The one line and exit status of click's commands (entry.run_main)."""
+    from ..errors import error_line
 
     sys.stderr.write(error_line(PROG, error) + "\n")
     return 1
@@ -74,9 +74,9 @@ def fast_thaw(args):
     parsed = parse(args, "thaw", THAW_OPTIONS, {"--json": "as_json"})
     if parsed is None:
         return None
-    from . import control
-    from .config import load_config
-    from .errors import require_root
+    from ..config import load_config
+    from ..errors import require_root
+    from ..triggers import control
 
     try:
         require_root()
@@ -102,9 +102,9 @@ def fast_run(args):
         return None
     import logging
 
-    from . import logbuffer
-    from .cli_run import serve
-    from .errors import QuiesceError
+    from ..core import logbuffer
+    from ..errors import QuiesceError
+    from .run import serve
 
     logbuffer.setup_logging(parsed.pop("verbose"))
     try:

@@ -14,7 +14,7 @@ import socket
 import struct
 import threading
 
-from .errors import BusyError, QuiesceError
+from ..errors import BusyError, QuiesceError
 
 SOCKET_NAME = "control.sock"
 LOCK_NAME = "daemon.lock"

@@ -12,6 +12,8 @@ Two relations order a pair (the first is frozen before the second, thawed after 
 import collections
 import os
 
+from ..linux.mountinfo import devno_of
+
 Edge = collections.namedtuple("Edge", "first then reason")
 
 
@@ -107,7 +109,7 @@ def _nesting_edges(filesystems, mounts):
         parent = by_id.get(entry.parent_id)
         while parent is not None and parent.mount_id not in seen:
             seen.add(parent.mount_id)
-            devno = "{}:{}".format(parent.major, parent.minor)
+            devno = devno_of(parent.major, parent.minor)
             if devno in planned and devno != fs.devno:
                 edges.append(Edge(fs.devno, devno, "{} is mounted inside {}".format(
                     entry.mount_point, parent.mount_point)))
@@ -128,7 +130,7 @@ def _loop_edges(filesystems, mounts, topology):
                 holder = _containing_mount(os.path.normpath(backing), mounts)
                 if holder is None:
                     continue
-                devno = "{}:{}".format(holder.major, holder.minor)
+                devno = devno_of(holder.major, holder.minor)
                 if devno in planned and devno != fs.devno:
                     edges.append(Edge(fs.devno, devno, "{}'s image {} lives on {}".format(
                         fs.mount_point, backing, holder.mount_point)))

@@ -14,8 +14,9 @@ import logging
 import threading
 import time
 
-from .errors import FreezeError
-from .fsops import FsOps
+from ..errors import FreezeError
+from ..linux.fsops import FsOps
+from ..linux.mountinfo import devno_of
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +39,6 @@ class FsState(object):
         self.status = NOT_ATTEMPTED
         self.error = None
         self.freeze_start = self.frozen_at = self.thaw_start = self.thawed_at = None
-
-    def to_dict(self):
-        return {"mount_point": self.mount_point, "devno": self.fs.devno,
-                "fstype": self.fs.fstype, "status": self.status, "error": self.error}
 
 
 def _errname(error):
@@ -94,7 +91,7 @@ class Freezer(object):
             planned = {entry.mount_id for entry in state.fs.entries}
             ok = mount_id in planned
         else:
-            ok = "{}:{}".format(*self.ops.device(state.fd)) == state.fs.devno
+            ok = devno_of(*self.ops.device(state.fd)) == state.fs.devno
         if not ok:
             raise FreezeError("{}: no longer the planned {} filesystem (unmounted or "
                               "replaced since planning); nothing frozen".format(

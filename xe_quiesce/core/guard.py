@@ -47,8 +47,8 @@ import sys
 import threading
 import time
 
-from .errors import FreezeError
-from .fsops import FsOps
+from ..errors import FreezeError
+from ..linux.fsops import FsOps
 
 START_TIMEOUT = 10.0
 RETHAW_INTERVAL = 0.5
@@ -57,12 +57,12 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 FDS_PER_PACKET = 32  # 32 paths of PATH_MAX fit a default socket buffer
 FIRST_FDS = 2  # the session's socket and its flags
 MAX_PACKET = 1 << 18
-_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # -B -I -S: no .pyc (the root filesystem may be planned), no environment, no site: the
 # guard needs the standard library and this package only (its path is given).
 _PROGRAM = [sys.executable, "-B", "-I", "-S", "-c",
             "import sys; sys.path.insert(0, sys.argv[1]); "
-            "from xe_quiesce.guard import main; main(int(sys.argv[2]))"]
+            "from xe_quiesce.core.guard import main; main(int(sys.argv[2]))"]
 
 
 def _send(sock, payload, fds):
@@ -239,7 +239,7 @@ def _shared_flags(path, count):
 
 
 def _identity(pid):
-    from . import procs  # psutil stays out of the guard program itself
+    from ..linux import procs
     return procs.identity(pid)
 
 

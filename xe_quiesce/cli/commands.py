@@ -1,4 +1,4 @@
-"""The `xe-quiesce` commands (click 6.7 and newer); xe_quiesce/cli.py is the entry point.
+"""The `xe-quiesce` commands (click 6.7 and newer); cli/main.py is the entry point.
 
 Only what every command needs is imported here; the session, journal and daemon modules
 load in the commands that use them. `xe-quiesce thaw` runs while the guest is frozen,
@@ -11,14 +11,17 @@ import time
 
 import click
 
-from . import __version__, control, logbuffer
-from .cli_fast import CONTROL_MARGIN, output
-from .cli_frozen import frozen
-from .cli_hooks import hooks
-from .cli_options import config_option, journal_for, json_option, on_frozen_file, run_main
-from .cli_run import serve
-from .config import load_config, session_timeout
-from .errors import QuiesceError, require_root
+from .. import __version__
+from ..config import load_config, session_timeout
+from ..core import logbuffer
+from ..entry import run_main
+from ..errors import QuiesceError, require_root
+from ..triggers import control
+from .fast import CONTROL_MARGIN, output
+from .frozen import frozen
+from .hooks import hooks
+from .options import config_option, journal_for, json_option, on_frozen_file
+from .run import serve
 
 
 def _root_config(config_file):
@@ -58,7 +61,7 @@ def cli(verbose):
               help="Read /proc and /sys under DIR (a tree captured from another guest).")
 def plan(config_file, as_json, root):
     """Show what a snapshot would freeze, in which order, and what is skipped and why."""
-    from .session import make_plan
+    from ..core.session import make_plan
 
     if not os.path.isfile(os.path.join(root, "proc/self/mountinfo")):
         raise QuiesceError("--root {}: no proc/self/mountinfo under it (not a tree captured "
@@ -112,9 +115,10 @@ def freeze(config_file, as_json, timeout):
         summary = control.request(config.state.run_dir, "freeze",
                                   config.freeze.max_frozen + CONTROL_MARGIN, timeout=timeout)
     except control.NoDaemon:
-        from .session import QuiesceSession  # before anything freezes
+        from ..core.session import QuiesceSession  # before anything freezes
+        from ..protocol import CLI
 
-        session = QuiesceSession(config, "cli", journal=journal_for(config))
+        session = QuiesceSession(config, CLI, journal=journal_for(config))
         summary = session.start(timeout)
         session.detach()
     if on_frozen_file(sys.stdout, summary["frozen"]):
@@ -152,8 +156,8 @@ def thaw(config_file, as_json):
 
 def _thaw_directly(config):
     """No daemon: the journal says what a detached freeze left, and its hooks are undone."""
-    from .hooks import HookSet
-    from .session import thaw_from_journal
+    from ..core.hooks import HookSet
+    from ..core.session import thaw_from_journal
 
     return thaw_from_journal(journal_for(config), HookSet.load(config))
 

@@ -1,15 +1,15 @@
 """`xe-quiesce run`: the daemon answering the host's quiesce requests over xenstore.
 
-No click here: the daemon normally starts through cli_fast (click is 3-4 MiB of idle
-memory); click's `run` command (cli_commands.py) calls the same serve(). The daemon's
+No click here: the daemon normally starts through cli/fast.py (click is 3-4 MiB of idle
+memory); click's `run` command (cli/commands.py) calls the same serve(). The daemon's
 modules (xenstore, the state machine) load when it runs, not when the command line loads.
 """
 import logging
 import os
 import sys
 
-from .config import load_config
-from .errors import QuiesceError, require_root
+from ..config import load_config
+from ..errors import QuiesceError, require_root
 
 # Exit status when the guest has no xenbus device (a Xen HVM guest without PV drivers,
 # or not Xen at all): LSB's "not configured". The unit lists it in
@@ -22,10 +22,10 @@ def serve(uri=None, domain_path=None, config_file=None):
 
     A session left by a crashed daemon is reconciled at start.
     """
-    from .control import DaemonLock
-    from .daemon import Daemon
-    from .journal import Journal
-    from .xenstore import XENBUS_DEVICES, XenstoreClient, XenstoreError
+    from ..core.journal import Journal
+    from ..daemon import Daemon
+    from ..triggers.control import DaemonLock
+    from ..xenstore import XENBUS_DEVICES, XenstoreClient, XenstoreError
 
     require_root()
     config = load_config(config_file)

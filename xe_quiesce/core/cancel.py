@@ -9,7 +9,7 @@ asker that is gone. The first reason given is the one recorded.
 import threading
 import time
 
-from .errors import QuiesceError
+from ..errors import QuiesceError
 
 
 class Cancel(object):

@@ -28,7 +28,7 @@ import stat
 import subprocess
 import time
 
-from .errors import HookError
+from ..errors import HookError
 
 LOG = logging.getLogger("xe_quiesce.hooks")
 

@@ -14,13 +14,14 @@ import os
 import time
 import uuid
 
-from . import logbuffer, procs
-from .blockdev import BlockTopology
+from ..errors import BusyError, ConfigError, FreezeError, HookError, QuiesceError
+from ..linux import procs
+from ..linux.blockdev import BlockTopology
+from ..linux.fsops import FsOps
+from . import logbuffer
 from .cancel import AbandonedError
 from .discovery import discover
-from .errors import BusyError, ConfigError, FreezeError, HookError, QuiesceError
 from .freezer import FROZEN, THAWED, TOLERATED, UNSUPPORTED, Freezer
-from .fsops import FsOps
 from .guard import Guard, request_thaw
 from .hooks import HookSet, hook_environment
 from .journal import ACTIVE, Journal
@@ -246,9 +247,9 @@ class QuiesceSession(object):
 
     def summary(self):
         states = self.freezer.states if self.freezer else []
-        frozen_at = [s.freeze_start for s in states if s.freeze_start is not None]
-        thawed_at = [s.thawed_at for s in states if s.thawed_at is not None]
-        window = (max(thawed_at) - min(frozen_at)) if frozen_at and thawed_at else None
+        freeze_starts = [s.freeze_start for s in states if s.freeze_start is not None]
+        thaws_done = [s.thawed_at for s in states if s.thawed_at is not None]
+        window = (max(thaws_done) - min(freeze_starts)) if freeze_starts and thaws_done else None
         return {
             "session": self.session_id,
             "trigger": self.trigger,

@@ -24,12 +24,12 @@ import time
 
 import click
 
-from . import control
-from .cli_fast import CONTROL_MARGIN
-from .cli_options import config_option, journal_for, on_frozen_file
-from .config import load_config, session_timeout
-from .errors import QuiesceError, require_root
-from .hooks import hook_environment
+from ..config import load_config, session_timeout
+from ..core.hooks import hook_environment
+from ..errors import QuiesceError, require_root
+from ..triggers import control
+from .fast import CONTROL_MARGIN
+from .options import config_option, journal_for, on_frozen_file
 
 # Seconds between SIGTERM and SIGKILL for a command that outlived the deadline.
 GRACE = 5.0
@@ -61,9 +61,10 @@ class DirectHold(object):
     """No daemon: this process holds the session, as `freeze` without one does."""
 
     def __init__(self, config):
-        from .session import QuiesceSession  # before anything freezes
+        from ..core.session import QuiesceSession  # before anything freezes
+        from ..protocol import CLI
 
-        self.session = QuiesceSession(config, "cli", journal=journal_for(config))
+        self.session = QuiesceSession(config, CLI, journal=journal_for(config))
 
     def start(self, timeout):
         return self.session.start(timeout)

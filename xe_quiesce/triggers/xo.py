@@ -26,7 +26,6 @@ Idle, the hook is listening sockets and threads blocked in select(): ssl and hma
 connection, its TLS context is made then and kept. The certificate pair is checked at
 start all the same, in a child process (tls.check_pair).
 """
-import base64
 import collections
 import ipaddress
 import logging
@@ -34,58 +33,18 @@ import os
 import select
 import socket
 import socketserver
-import stat
 import sys
 import threading
 
-from .cancel import AbandonedError, Cancel
-from .errors import BusyError, ConfigError, QuiesceError
-from .tls import certificate_pair, check_pair
+from ..access import AccessPolicy, read_secret
+from ..core.cancel import AbandonedError, Cancel
+from ..errors import BusyError, ConfigError, QuiesceError
+from ..protocol import XO
+from ..tls import certificate_pair, check_pair
 
 log = logging.getLogger(__name__)
 
-TRIGGER = "xo"
-
-
-def read_secret(path, label="[xo-sync-hook]"):
-    """The shared secret; the file must be root's and unreadable by others.
-
-    `label` names the setting in messages (the dom0 relay's is an option)."""
-    try:
-        info = os.stat(path)
-        with open(path, "rb") as handle:
-            secret = handle.read().strip()
-    except OSError as error:
-        raise ConfigError("{} secret-file {}: {}".format(label, path, error.strerror))
-    if info.st_uid != 0 and info.st_uid != os.geteuid():
-        raise ConfigError("{} secret-file {} must be owned by root".format(label, path))
-    if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError("{} secret-file {} must not be accessible to group or "
-                          "others (chmod 600)".format(label, path))
-    if not secret:
-        raise ConfigError("{} secret-file {} is empty".format(label, path))
-    return secret
-
-
-class AccessPolicy(object):
-    def __init__(self, networks, secret):
-        self.networks = networks
-        self.expected = None
-        if secret is not None:
-            self.expected = b"Bearer " + base64.b64encode(secret)
-
-    def allows(self, address, authorization):
-        client = ipaddress.ip_address(address.split("%")[0])
-        if getattr(client, "ipv4_mapped", None):
-            client = client.ipv4_mapped
-        if self.networks and not any(client in network for network in self.networks):
-            return False
-        if self.expected is not None:
-            import hmac  # with the first request's TLS: hashlib's OpenSSL is not idle memory
-
-            given = (authorization or "").encode("latin-1", "replace")
-            return hmac.compare_digest(given, self.expected)
-        return True
+TRIGGER = XO
 
 
 REQUEST_TIMEOUT = 30.0  # TLS handshake and the whole request: a slow client is dropped
@@ -319,13 +278,13 @@ def client_gone_reason(seconds):
     return "{} after {:.1f} s".format(GONE, seconds)
 
 
-class SyncHook(object):
-    """The listener and what its two paths do through the daemon's coordinator."""
+class XoListener(object):
+    """The listener and what its two paths do through the daemon's holder."""
 
-    def __init__(self, config, coordinator):
+    def __init__(self, config, holder):
         self.config = config
         self.xo = config.xo
-        self.coordinator = coordinator
+        self.holder = holder
         self.servers = []
         self.threads = []
         self._stop_pipe = None
@@ -379,11 +338,19 @@ class SyncHook(object):
     def fingerprint(self):
         return self._fingerprint
 
+    def status(self):
+        """What `xe-quiesce status` shows of the listener (the daemon's status asks each
+        trigger, instead of reading its attributes)."""
+        on = bool(self.servers)
+        return {"on": on, "port": self.xo.port if on else None,
+                "fingerprint": self.fingerprint() if on else None,
+                "off_reason": self.off_reason()}
+
     def tls_context(self):
         """The server's TLS context, made at the first connection and kept."""
         with self._context_lock:
             if self.context is None:
-                from .tls import server_context
+                from ..tls import server_context
 
                 self.context = server_context(self.cert, self.key)
             return self.context
@@ -414,7 +381,7 @@ class SyncHook(object):
             .format(timeout, give_up_margin(timeout))))
         try:
             with ConnectionWatch(conn, cancel, address):
-                summary = self.coordinator.freeze(TRIGGER, cancel=cancel)
+                summary = self.holder.freeze(TRIGGER, cancel=cancel)
         except BusyError as error:
             return 409, "busy: {}".format(error)
         except AbandonedError as error:
@@ -441,7 +408,7 @@ class SyncHook(object):
 
     def _thaw_for(self, address, reason):
         try:
-            summary = self.coordinator.thaw(TRIGGER, may_thaw=(TRIGGER,))
+            summary = self.holder.thaw(TRIGGER, may_thaw=(TRIGGER,))
         except BusyError:
             return
         if summary is not None:
@@ -450,11 +417,11 @@ class SyncHook(object):
     def post_sync(self, address):
         with self._lock:
             cancel = self._syncing.get(address)
-            if cancel is not None and self.coordinator.quiescing_under(cancel):
+            if cancel is not None and self.holder.quiescing_under(cancel):
                 cancel.set("Xen Orchestra sent /post-sync while /sync was still quiescing")
                 return 200, "abandoned: {}".format(cancel.reason())
         try:
-            summary = self.coordinator.thaw(TRIGGER, may_thaw=(TRIGGER,))
+            summary = self.holder.thaw(TRIGGER, may_thaw=(TRIGGER,))
         except BusyError as error:
             return 409, "busy: {}".format(error)
         if summary is None:

@@ -3,7 +3,7 @@
 Why a pure machine: the contract (docs/xapi-protocol.md) is a strict sequence of
 xenstore keys, values and orderings, with a failure path at every step, and the real
 dom0 gives no second chance (xapi takes the *first* `C/status` value as final). Keeping
-the decisions here, and the xenstore/freeze calls in `guest_agent`, lets every
+the decisions here, and the xenstore/freeze calls in `triggers/xapi.py`, lets every
 transition and every failure path be tested without xenstored or a filesystem.
 
 `Conversation.handle(event)` takes one event (what the adapter saw or what a command
@@ -26,6 +26,28 @@ import json
 import logging
 import re
 
+from ..protocol import (
+    CREATE_SNAPSHOT,
+    CREATE_SNAPSHOTS,
+    ERR_BUSY,
+    ERR_DEADLINE,
+    ERR_NOT_VM,
+    ERR_NOTHING,
+    ERR_REQUEST,
+    ERR_RESTARTED,
+    ERR_RESULT,
+    ERR_SNAPSHOTS,
+    ERR_STATUS,
+    ERR_STOPPED,
+    ERR_TIMEOUT,
+    ERR_XENSTORE,
+    SNAPSHOT_CREATED,
+    SNAPSHOT_ERROR,
+    SNAPSHOTS_CREATED,
+    SNAPSHOTS_FAILED,
+    UUID_RE,
+)
+
 # -- states -------------------------------------------------------------------------
 IDLE = "idle"                # waiting for C/action
 RESOLVING = "resolving"      # action deleted, reading D/vss
@@ -41,33 +63,10 @@ PUBLISHED = {IDLE: "idle", RESOLVING: "quiescing", LISTING: "quiescing",
              QUIESCING: "quiescing", FROZEN: "frozen", THAWING: "thawing",
              COLLECTING: "thawing"}
 
-# -- protocol values (contract section a) --------------------------------------------
-CREATE_SNAPSHOT = "create-snapshot"          # C/action from xapi
-CREATE_SNAPSHOTS = "create-snapshots"        # V/status to snapwatchd
-SNAPSHOTS_CREATED = "snapshots-created"      # V/status from snapwatchd
-SNAPSHOTS_FAILED = "snapshots-failed"
-SNAPSHOT_CREATED = "snapshot-created"        # C/status to xapi
-SNAPSHOT_ERROR = "snapshot-error"
+# -- limits of the contract's values (section a; the values are protocol.py's) ---------
 SNAPID_CHUNK = 1020                          # characters per C/snapid/<n> (as Windows)
 ERROR_MAX = 1000                             # characters of C/error
 
-# C/error/code values: short, stable, for scripts on the dom0 side.
-ERR_BUSY = "busy"                  # another quiesce session runs
-ERR_REQUEST = "bad-request"        # garbage or missing keys in vss, VBD or backend nodes
-ERR_QUIESCE = "quiesce-failed"     # hooks or FIFREEZE failed (everything undone)
-ERR_NOTHING = "nothing-frozen"     # no filesystem to freeze on the requested disks
-ERR_TIMEOUT = "timeout"            # snapwatchd did not answer before the deadline
-ERR_SNAPSHOTS = "snapshots-failed"  # snapwatchd answered snapshots-failed
-ERR_STATUS = "unexpected-status"   # V/status changed to something else, or vanished
-ERR_DEADLINE = "deadline-thawed"   # the guard thawed before the host's answer
-ERR_NOT_VM = "not-whole-vm"        # V/snaptype is not `vm` (per-disk mode, F7)
-ERR_RESULT = "bad-result"          # V/snapuuid missing or not a uuid
-ERR_XENSTORE = "xenstore"          # a xenstore operation failed mid-conversation
-ERR_STOPPED = "stopped"            # the agent was stopped while frozen
-ERR_RESTARTED = "restarted"        # the agent died mid-request; its guard thawed
-
-UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-"
-                     r"[0-9a-fA-F]{12}$")
 VSS_RE = re.compile(r"^/vss/([0-9a-fA-F-]{36})$")
 DEVID_RE = re.compile(r"^[0-9]{1,10}$")
 XS_PATH_RE = re.compile(r"^(/[A-Za-z0-9_@-]+)+$")

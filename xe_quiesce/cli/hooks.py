@@ -10,10 +10,10 @@ import uuid
 
 import click
 
-from .cli_options import config_option, json_option
-from .config import load_config
-from .errors import HookError
-from .hooks import ACTIONS, HookSet, hook_environment
+from ..config import load_config
+from ..core.hooks import ACTIONS, HookSet, hook_environment
+from ..errors import HookError
+from .options import config_option, json_option
 
 
 @click.command("hooks")
@@ -57,10 +57,11 @@ def _print_hooks(data):
 
 
 def _run(config, hook_set, action, as_json):
-    from .session import make_plan  # the session's modules load only for a dry run
+    from ..core.session import make_plan  # the session's modules load only for a dry run
+    from ..protocol import CLI
 
     deadline = time.time() + config.freeze.max_frozen
-    env = hook_environment("dry-run-" + uuid.uuid4().hex[:8], "cli", deadline,
+    env = hook_environment("dry-run-" + uuid.uuid4().hex[:8], CLI, deadline,
                            [fs.mount_point for fs in make_plan(config).filesystems])
     problems, error = [], None
     try:

@@ -13,7 +13,7 @@ avoids both; XO keeps its host, port and query string.
 import ipaddress
 import re
 
-from .xenstore import XenstoreNotFound
+from ..xenstore import XenstoreNotFound
 
 XO_PORT = 1727
 TAG = "xo:notify-on-snapshot"

@@ -1,0 +1,1 @@
+"""The `xe-quiesce` command line."""

@@ -1,0 +1,4 @@
+"""`python -m xe_quiesce.cli`, as the tests and the e2e bed run the command."""
+from .main import main
+
+main()

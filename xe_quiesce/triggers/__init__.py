@@ -1,0 +1,1 @@
+"""What asks for a quiesce: XAPI over xenstore, Xen Orchestra's HTTPS hook, the control socket."""
