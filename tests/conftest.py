@@ -65,3 +65,14 @@ def xe_quiesce():
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
             timeout=kwargs.pop("timeout", 60), **kwargs)
     return run
+
+
+@pytest.fixture
+def xo(xenstored, loopfs, write_config, tmp_path):
+    """The real daemon with its XO sync hook on, over the test xenstored and two loop
+    filesystems (tests/test_xo_and_control.XoRig); stopped at teardown."""
+    from tests.test_xo_and_control import XoRig
+
+    rig = XoRig(xenstored, loopfs, write_config, tmp_path)
+    yield rig
+    rig.stop()

@@ -117,13 +117,6 @@ class XoRig(object):
         self.sim.stop()
 
 
-@pytest.fixture
-def xo(xenstored, loopfs, write_config, tmp_path):
-    rig = XoRig(xenstored, loopfs, write_config, tmp_path)
-    yield rig
-    rig.stop()
-
-
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
 def test_sync_freezes_and_post_sync_thaws(xo, host):
     xo.start()

@@ -10,7 +10,7 @@ import json
 import pytest
 
 from tests.test_hooks import Bed
-from tests.test_xo_and_control import SECRET, XoRig
+from tests.test_xo_and_control import SECRET
 from tests.xo.client import XoRun, run
 from xe_quiesce.triggers.xo_tag import TAG, advice, xo_address
 
@@ -18,13 +18,6 @@ WAIT = 60  # seconds for anything that should happen "soon" on a loaded machine
 # XO's syncHookTimeout where it must fire while a freeze hook still runs (60 s): long
 # enough for the TLS handshake and the request to reach the daemon on a loaded machine.
 XO_TIMEOUT_MS = 5000
-
-
-@pytest.fixture
-def xo(xenstored, loopfs, write_config, tmp_path):
-    rig = XoRig(xenstored, loopfs, write_config, tmp_path)
-    yield rig
-    rig.stop()
 
 
 @pytest.fixture

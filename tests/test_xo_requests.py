@@ -9,7 +9,6 @@ import ssl
 
 import pytest
 
-from tests.test_xo_and_control import XoRig
 from xe_quiesce.triggers.xo import (
     HEADER_LIMIT,
     BadRequest,
@@ -20,13 +19,6 @@ from xe_quiesce.triggers.xo import (
 )
 
 WAIT = 60
-
-
-@pytest.fixture
-def xo(xenstored, loopfs, write_config, tmp_path):
-    rig = XoRig(xenstored, loopfs, write_config, tmp_path)
-    yield rig
-    rig.stop()
 
 
 def tls_socket(xo, host="127.0.0.1"):
