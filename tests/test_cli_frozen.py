@@ -210,3 +210,31 @@ def test_no_module_is_imported_inside_the_window(loopfs, config_for, monkeypatch
     assert seen["at_thaw"] - seen["before"] == set()
     assert not is_frozen(fs.mount_point)
     assert signal.getsignal(signal.SIGCHLD) == signal.SIG_DFL
+
+
+def test_a_failure_once_frozen_thaws_at_once(loopfs, config_for, monkeypatch):
+    """Anything that fails after the freeze (here: building the command's environment)
+    thaws before the error leaves _run, not at the guard's deadline."""
+    fs = loopfs("ext4")
+    config = config_for([fs.mount_point])
+    seen = {}
+    start = cli_frozen.DirectHold.start
+
+    def record_start(self, timeout):
+        summary = start(self, timeout)
+        seen["frozen"] = is_frozen(fs.mount_point)
+        return summary
+
+    def broken_environment(*_):
+        raise RuntimeError("environment broke")
+
+    monkeypatch.setattr(cli_frozen.DirectHold, "start", record_start)
+    monkeypatch.setattr(cli_frozen, "hook_environment", broken_environment)
+    window = cli_frozen.Window(["true"], direct_output=False)
+    try:
+        with pytest.raises(RuntimeError, match="environment broke"):
+            cli_frozen._run(config, window, None)
+    finally:
+        window.close()
+    assert seen["frozen"] is True
+    assert not is_frozen(fs.mount_point)

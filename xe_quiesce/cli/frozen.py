@@ -279,9 +279,10 @@ def _freeze(config, timeout):
 
 def _run(config, window, timeout):
     hold, summary = _freeze(config, timeout)
-    env = dict(os.environ, **hook_environment(summary["session"], summary["trigger"],
-                                              summary["deadline"], summary["frozen"]))
     try:
+        # Inside the try: whatever fails once frozen thaws now, not at the guard's deadline.
+        env = dict(os.environ, **hook_environment(summary["session"], summary["trigger"],
+                                                  summary["deadline"], summary["frozen"]))
         try:
             window.start(env, summary["frozen"])
         except OSError as error:
