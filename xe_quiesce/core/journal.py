@@ -62,8 +62,8 @@ class Journal(object):
         return self._load(self.state_path)
 
     def write(self, record):
-        """Store the session record (a SessionRecord or what read() gave) with the time
-        of this write; returns what was stored. `record` itself is left as it is."""
+        """Store the session record (a record.SessionRecord) with the time of this
+        write; returns what was stored. `record` itself is left as it is."""
         self.ensure_dir()
         stored = dict(record, updated=time.time())
         self._store(self.state_path, stored)
