@@ -1,13 +1,13 @@
 """A quiesce session's life as states and transitions, and the one owner of its record.
 
 Why a module of its own: the session record (what the journal keeps in state.json and
-`status` shows) used to be a dict that the session, the journal and the thaw command
-each changed in place, with its results spelled out wherever they were set or tested.
-Here the states and results are named once, the moves between them are a table, and
-`SessionRecord` is the only code that changes a record's status, result, message and
-finish time: a move the table does not allow is a programming error, raised before
-anything is written. The decisions of how a session ended (its own thaw, a failure, a
-dead owner reconciled) are pure functions beside it. No I/O, like the XAPI
+`status` shows) is moved by the session, closed by the journal's reconcile after a
+crash and by `xe-quiesce thaw` after a detached freeze, and its results are tested by
+every trigger. Here its states and results are named once, the moves between them are
+a table, and `SessionRecord` is the only code that changes a record's status, result,
+message and finish time: a move the table does not allow is a programming error,
+raised before anything is written. How a session ended (its own thaw, a failure, a
+dead owner reconciled) is decided by pure functions beside it. No I/O, like the XAPI
 conversation's machine (triggers/conversation.py), so every transition and outcome is
 tested without a filesystem or a clock.
 """
@@ -30,8 +30,10 @@ ACTIVE = (QUIESCING, FROZEN)
 RESULTS = (THAWED, DEADLINE_THAWED, THAW_FAILED, FAILED, ABANDONED, RECONCILED)
 
 # Where each state may go. A session is born QUIESCING (SessionRecord.begin); results
-# are final. Any active state may be RECONCILED (owner and guard died) or THAWED by
-# `xe-quiesce thaw` closing a detached session after its guard thawed it.
+# are final. FROZEN may still fail (its record not written: the session thaws at once);
+# only QUIESCING is abandoned (the last cancel point is right after the FIFREEZEs).
+# Any active state may be RECONCILED (owner and guard died) or THAWED by `xe-quiesce
+# thaw` closing a detached session after its guard thawed it.
 TRANSITIONS = {
     QUIESCING: (FROZEN, FAILED, ABANDONED, RECONCILED, THAWED),
     FROZEN: (THAWED, DEADLINE_THAWED, THAW_FAILED, FAILED, RECONCILED),
@@ -42,8 +44,8 @@ OWNED = ("status", "result", "message", "finished")
 
 
 class TransitionError(RuntimeError):
-    """A move the table does not allow, or an owned field set aside: a bug, not a user's
-    error, so it is not a QuiesceError that would be shown as one line."""
+    """A move the table does not allow, or an owned field given to note(): a bug, not a
+    user's error, so it is not a QuiesceError that would be shown as one line."""
 
 
 class SessionRecord(Mapping):
