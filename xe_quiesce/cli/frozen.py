@@ -26,6 +26,7 @@ import click
 
 from ..config import load_config, session_timeout
 from ..core.hooks import hook_environment
+from ..core.record import DEADLINE_THAWED, THAWED
 from ..errors import QuiesceError, require_root
 from ..triggers import control
 from .fast import CONTROL_MARGIN
@@ -295,7 +296,7 @@ def _run(config, window, timeout):
     for line in (closed or {}).get("deferred_log", []):
         click.echo(line, err=True)
     # At the deadline the guard thaws at the same moment as we do ("deadline-thawed").
-    expected = ("thawed",) if exited else ("thawed", "deadline-thawed")
+    expected = (THAWED,) if exited else (THAWED, DEADLINE_THAWED)
     if closed and closed.get("result") not in expected:
         click.echo("xe-quiesce: {}: {}".format(closed["result"], closed.get("message")),
                    err=True)

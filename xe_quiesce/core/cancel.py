@@ -10,6 +10,7 @@ import threading
 import time
 
 from ..errors import QuiesceError
+from .record import ABANDONED
 
 
 class Cancel(object):
@@ -44,4 +45,4 @@ class Cancel(object):
 class AbandonedError(QuiesceError):
     """Raised at a session's cancel point; the session records `result` = abandoned."""
 
-    result = "abandoned"
+    result = ABANDONED

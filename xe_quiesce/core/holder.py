@@ -11,6 +11,7 @@ import logging
 import threading
 
 from ..errors import BusyError
+from .record import QUIESCING
 from .session import QuiesceSession, busy_message
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ class SessionHolder(object):
 
     @staticmethod
     def _busy(session):
-        if session.state is None or session.state.get("status") == "quiescing":
+        if session.state is None or session.state.get("status") == QUIESCING:
             return "a {} session is starting".format(session.trigger)
         return busy_message(session.state)
 

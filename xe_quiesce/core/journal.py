@@ -10,6 +10,9 @@ tmpfs (/run): writing there never touches a filesystem we freeze.
 
 Every command starts with `reconcile()`: a session whose owner and guard are both gone
 while the journal says frozen is thawed from the journal's own list of mounts.
+
+The journal stores what it is given and decides nothing: the session record and its
+moves are record.SessionRecord's, how a reconciled session ended is record.reconciled's.
 """
 import json
 import os
@@ -19,9 +22,7 @@ from ..errors import QuiesceError
 from ..linux import procs
 from ..linux.fsops import FsOps
 from .freezer import thaw_recorded
-
-# What the session writes while it may hold filesystems frozen (it thaws, then finishes).
-ACTIVE = ("quiescing", "frozen")
+from .record import ACTIVE, RECONCILED, reconciled
 
 
 class Journal(object):
@@ -60,10 +61,13 @@ class Journal(object):
     def read(self):
         return self._load(self.state_path)
 
-    def write(self, state):
+    def write(self, record):
+        """Store the session record (a record.SessionRecord) with the time of this
+        write; returns what was stored. `record` itself is left as it is."""
         self.ensure_dir()
-        state["updated"] = time.time()
-        self._store(self.state_path, state)
+        stored = dict(record, updated=time.time())
+        self._store(self.state_path, stored)
+        return stored
 
     def read_request(self):
         request = self._load(self.request_path)
@@ -83,22 +87,20 @@ class Journal(object):
     def last_results(self):
         return self._load(self.last_path) or {}
 
-    def finish(self, state, result, message=""):
-        """Record the session's outcome in the state and in the per-trigger results."""
-        state.update(status=result, result=result, message=message, finished=time.time())
-        report = self.guard_report(state["session"])
-        if report:
-            state["guard"] = report
-        self.write(state)
+    def close(self, record):
+        """Store a finished record and its trigger's last result; returns what was stored.
+        The guard's report is in the record now (SessionRecord.finish), so its file goes."""
+        stored = self.write(record)
         results = self.last_results()
-        results[state.get("trigger", "unknown")] = {
-            key: state.get(key) for key in
+        results[record.get("trigger", "unknown")] = {
+            key: record.get(key) for key in
             ("session", "result", "message", "started", "finished", "mounts", "guard")}
         self._store(self.last_path, results)
         try:
-            os.unlink(self.guard_report_path(state["session"]))
+            os.unlink(self.guard_report_path(record["session"]))
         except OSError:
             pass
+        return stored
 
     def active(self):
         """The journal's session if it is still live (owner or guard running), else None."""
@@ -128,28 +130,15 @@ class Journal(object):
     def guard_report(self, session_id):
         return self._load(self.guard_report_path(session_id))
 
-    def reconcile(self, result="reconciled"):
+    def reconcile(self, result=RECONCILED):
         """Thaw and close a session whose owner and guard died; returns it, or None.
 
-        `result` names the outcome: "reconciled" after a crash, "thawed" when `thaw`
-        asked the guard to act and this only closes the books.
+        `result` names the outcome: RECONCILED after a crash, THAWED when `thaw` asked
+        the guard to act and this only closes the books.
         """
         state = self.read()
         if not state or state.get("status") not in ACTIVE or self.active():
             return None
         thawed, errors = thaw_recorded(state.get("mounts", []), self.ops)
-        report = self.guard_report(state["session"])
-        if thawed:
-            message = "the session's process and its guard died; thawed now: {}".format(
-                ", ".join(thawed))
-        elif report and report.get("thawed") and report.get("reason") == "thaw requested":
-            message = "thawed {}".format(", ".join(report["thawed"]))
-        elif report and report.get("thawed"):
-            message = "the deadline guard thawed {} ({})".format(
-                ", ".join(report["thawed"]), report.get("reason"))
-        else:
-            message = "the session's process ended; nothing was left frozen"
-        if errors:
-            message += "; errors: " + ", ".join("{}: {}".format(*item) for item in errors.items())
-        self.finish(state, result, message)
-        return state
+        return self.close(reconciled(state, self.guard_report(state["session"]), thawed,
+                                     errors, result))

@@ -18,19 +18,19 @@ from ..errors import BusyError, ConfigError, FreezeError, HookError, QuiesceErro
 from ..linux import procs
 from ..linux.blockdev import BlockTopology
 from ..linux.fsops import FsOps
-from . import logbuffer
+from . import logbuffer, record
 from .cancel import AbandonedError
 from .discovery import discover
 from .freezer import FROZEN, THAWED, TOLERATED, UNSUPPORTED, Freezer
 from .guard import Guard, request_thaw
 from .hooks import HookSet, hook_environment
-from .journal import ACTIVE, Journal
+from .journal import Journal
 from .plan import build_plan
 
 GUARD_EXIT_WAIT = 5.0
 LOG = logging.getLogger(__name__)
 # The level of a session's closing line, by result (others: error).
-END_LEVELS = {"thawed": logging.INFO, "deadline-thawed": logging.WARNING}
+END_LEVELS = {record.THAWED: logging.INFO, record.DEADLINE_THAWED: logging.WARNING}
 
 
 def make_plan(config, root="/"):
@@ -78,7 +78,7 @@ class QuiesceSession(object):
         # None: the configured hook directory; False: no hooks at all (tests).
         self.hooks = HookSet.load(config) if hooks is None else (hooks or None)
         self.session_id = uuid.uuid4().hex[:12]
-        self.state = None
+        self.state = None  # its record.SessionRecord, from start()
         self.freezer = None
         self.guard = None
         self.hooks_ran = []
@@ -102,12 +102,9 @@ class QuiesceSession(object):
             self._refuse_run_dir_on_plan()
             timeout = timeout or self.config.freeze.max_frozen
             now = time.time()
-            self.state = {
-                "session": self.session_id, "trigger": self.trigger, "status": "quiescing",
-                "owner": procs.identity(os.getpid()), "started": now,
-                "deadline": now + timeout, "mounts": [], "hooks_run": [], "result": None,
-                "guard_process": self.guards.identity if self.guards else None,
-            }
+            self.state = record.SessionRecord.begin(
+                self.session_id, self.trigger, procs.identity(os.getpid()), now, now + timeout,
+                self.guards.identity if self.guards else None)
             self.journal.write(self.state)
         try:
             self._run_freeze_hooks()
@@ -116,11 +113,10 @@ class QuiesceSession(object):
             self._cancel_point()  # asked while FIFREEZE ran: _fail thaws
             # Inside the try: a journal that cannot be written after the freeze must
             # thaw now, not leave the guest frozen until the guard's deadline.
-            self.state["status"] = "frozen"
-            self.state["mounts"] = [
+            self.state.advance(record.FROZEN, mounts=[
                 {"mount_point": s.mount_point, "devno": s.fs.devno,
                  "mount_ids": [e.mount_id for e in s.fs.entries]}
-                for s in self.freezer.frozen()]
+                for s in self.freezer.frozen()])
             self.journal.write(self.state)
         except BaseException as error:
             self._fail(error)
@@ -143,7 +139,7 @@ class QuiesceSession(object):
         if self.hooks is None:
             return
         self.hooks_ran = self._freeze_hooks_or_abandon()
-        self.state["hooks_run"] = list(self.hooks_ran)
+        self.state.note(hooks_run=list(self.hooks_ran))
         self.journal.write(self.state)
 
     def _freeze_hooks_or_abandon(self):
@@ -184,25 +180,38 @@ class QuiesceSession(object):
                                  self.journal.guard_report_path(self.session_id),
                                  self.session_id, service=self.guards)
         if self.state["guard_process"] != self.guard.identity:
-            self.state["guard_process"] = self.guard.identity
+            self.state.note(guard_process=self.guard.identity)
             self.journal.write(self.state)
         self.gate.hold()
         self.freezer.freeze(self.guard, self.state["deadline"])
 
     def _fail(self, error):
-        """Undo whatever part of the session ran, then record why it failed."""
+        """Undo whatever part of the session ran, then record why it failed (the hooks'
+        abort problems are theirs to log, not the session's outcome)."""
+        self._undo("abort", lambda problems, _hooks, _report: record.failure_outcome(
+            error, problems))
+
+    def _undo(self, hook_step, outcome):
+        """Both ends of a session, in their one safe order: thaw, let the guard go, open
+        the log gate, close the fds, then the hooks' `hook_step` (abort after a failure,
+        thaw after a freeze); record and log how it ended. `outcome(thaw problems, hook
+        problems, guard report)` gives its (result, message). Returns the summary."""
         problems = self.freezer.thaw() if self.freezer else []
         self._release_guard()
         self.gate.resume()
         if self.freezer:
             self.freezer.close()
+        hook_problems = []
         if self.hooks is not None and self.hooks_ran:
-            self.hooks.abort(self.hooks_ran, self.hook_environment())
-        message = str(error) or error.__class__.__name__
-        if problems:
-            message += "; " + "; ".join(problems)
-        self.journal.finish(self.state, getattr(error, "result", "failed"), message)
-        log_session_end(self.state, self.summary()["frozen"])
+            hook_problems = getattr(self.hooks, hook_step)(self.hooks_ran,
+                                                           self.hook_environment())
+        report = self.journal.guard_report(self.session_id)
+        result, message = outcome(problems, hook_problems, report)
+        self.state.finish(result, message, guard=report)
+        self.journal.close(self.state)
+        summary = self.summary()
+        log_session_end(self.state, summary["frozen"])
+        return summary
 
     def _release_guard(self):
         if self.guard is None:
@@ -218,29 +227,11 @@ class QuiesceSession(object):
 
     def thaw(self):
         """Thaw, release the guard, run the hooks' thaw; returns the session summary."""
-        problems = self.freezer.thaw()
-        self._release_guard()
-        self.gate.resume()
-        self.freezer.close()
-        hook_problems = []
-        if self.hooks is not None and self.hooks_ran:
-            hook_problems = self.hooks.thaw(self.hooks_ran, self.hook_environment())
-        report = self.journal.guard_report(self.session_id)
-        message = "; ".join(problems + list(hook_problems))
-        result = "thaw-failed" if problems else "thawed"
-        if report and report.get("thawed"):
-            result = "deadline-thawed"
-            message = "the deadline guard had thawed {} ({}) before the session did".format(
-                ", ".join(report["thawed"]), report.get("reason")) + (
-                    "; " + message if message else "")
-        self.journal.finish(self.state, result, message)
-        summary = self.summary()
-        log_session_end(self.state, summary["frozen"])
-        return summary
+        return self._undo("thaw", record.thaw_outcome)
 
     def detach(self):
         """Leave the filesystems frozen for another process to thaw (CLI `freeze`)."""
-        self.state["deferred_log"] = self.gate.drain()
+        self.state.note(deferred_log=self.gate.drain())
         self.journal.write(self.state)
         self.guard.detach()
         self.freezer.close()
@@ -287,7 +278,7 @@ def thaw_from_journal(journal, hooks=None):
     journal.ensure_dir()
     with RunLock(journal.run_dir):
         state = journal.read()
-        if not state or state.get("status") not in ACTIVE:
+        if not state or state.get("status") not in record.ACTIVE:
             return None
         if procs.alive(state.get("owner")) and state["owner"][0] != os.getpid():
             raise BusyError(busy_message(state) + "; its owner (pid {}) is running and "
@@ -298,7 +289,7 @@ def thaw_from_journal(journal, hooks=None):
             if not procs.wait_gone(guard[0], GUARD_EXIT_WAIT):
                 raise QuiesceError("the deadline guard (pid {}) did not finish thawing within "
                                    "{:.0f} s".format(guard[0], GUARD_EXIT_WAIT))
-        closed = journal.reconcile(result="thawed")
+        closed = journal.reconcile(result=record.THAWED)
     if closed:
         log_session_end(closed, [mount["mount_point"] for mount in state.get("mounts", [])])
     if hooks is not None and state.get("hooks_run"):

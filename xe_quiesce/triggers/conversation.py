@@ -26,6 +26,7 @@ import json
 import logging
 import re
 
+from ..core.record import DEADLINE_THAWED, THAWED
 from ..protocol import (
     CREATE_SNAPSHOT,
     CREATE_SNAPSHOTS,
@@ -339,12 +340,12 @@ class Conversation(object):
         if self.pending_error:
             return self._report_error(*self.pending_error)
         result = event.summary.get("result")
-        if result == "deadline-thawed":
+        if result == DEADLINE_THAWED:
             return self._report_error(ERR_DEADLINE, "the deadline guard thawed the "
                                       "filesystems before the host had finished; the host's "
                                       "snapshot is not quiesced")
         commands = []
-        if result != "thawed":
+        if result != THAWED:
             commands.append(Log(logging.ERROR, "thaw problems after the snapshot: {}".format(
                 event.summary.get("message"))))
         self.state = COLLECTING
