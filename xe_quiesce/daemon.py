@@ -18,7 +18,7 @@ from .config import session_timeout
 from .core import logbuffer
 from .core.discovery import plan_inputs
 from .core.guard import GuardService
-from .core.holder import SessionHolder
+from .core.slot import SessionHolder
 from .core.hooks import HookSet
 from .core.journal import Journal
 from .core.session import QuiesceSession, busy_message, make_plan, thaw_from_journal
