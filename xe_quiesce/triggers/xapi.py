@@ -1,6 +1,7 @@
 """The I/O adapter that drives `conversation.Conversation` over xenstore and a session.
 
-It owns the xenstore client, the watches and the one QuiesceSession of a request; the
+It owns the xenstore client and the watches, and runs the QuiesceSession of a request
+in the daemon's session slot (core/slot.py: the other triggers are busy meanwhile); the
 decisions are the machine's. One thread does everything (the client is not thread
 safe). It blocks in xenstore until an event, the session's deadline, the watchdog's
 next beat, or a signal (SIGTERM/SIGINT wake it through a wake-up pipe): an idle agent
