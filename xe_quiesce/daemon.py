@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 
 class Daemon(object):
-    def __init__(self, config, client, domain_path=None):
+    def __init__(self, config, client, domain_path):
         self.config = config
         self.journal = Journal(config.state.run_dir)
         self.guards = GuardService()

@@ -99,8 +99,8 @@ class ControlServer(object):
         return self.slot.freeze(self.trigger, timeout)
 
     def status(self):
-        """Nothing of its own in `xe-quiesce status` (({}, []) as every trigger answers
-        (fields, lines)): the answer itself says that the daemon runs."""
+        """(fields, lines) of `xe-quiesce status`: none of its own, that the daemon
+        answers over this socket at all is what it has to say."""
         return {}, []
 
     def start(self):

@@ -96,7 +96,7 @@ def advice(networks, port, listen_address="", fallback_addresses=()):
         "at all (\"no VM address found\")")
 
 
-def advice_for_this_vm(uri, domain_path, port, listen_address=""):
+def advice_for_this_vm(uri, domain_path, port, listen_address):
     """(tag, why) from the addresses the guest tools report in xenstore at `uri` under
     `domain_path` (None: not known, none read), with this guest's own as the fallback.
 
