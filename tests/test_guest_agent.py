@@ -5,6 +5,7 @@ it; the test process plays dom0 with the product's host roles (tests/dom0sim.py)
 "Frozen" is always checked with a probe FIFREEZE (EBUSY = frozen), and only at moments
 when the daemon cannot be freezing concurrently.
 """
+import functools
 import json
 import logging
 import os
@@ -22,6 +23,8 @@ from tests.dom0sim import Dom0Sim, copy_images
 from tests.guestd import GuestDaemon
 from tests.loopfs import is_frozen
 from tests.waiting import wait_until
+from xe_quiesce.core.session import QuiesceSession
+from xe_quiesce.core.slot import SessionSlot
 from xe_quiesce.host.snapwatchd_role import SnapshotResult
 from xe_quiesce.host.xapi_role import FAILED, XapiError
 from xe_quiesce.triggers.xapi import XapiTrigger
@@ -489,8 +492,9 @@ class RefusingControl(XenstoreClient):
 def test_advertisement_refused_is_logged_not_fatal(xenstored, config_for, loopfs, caplog):
     fs = loopfs("ext4")
     home = "/local/domain/12"
-    agent = XapiTrigger(config_for([fs.mount_point]),
-                       RefusingControl(xenstored.uri, timeout=2.0), home)
+    config = config_for([fs.mount_point])
+    agent = XapiTrigger(config, RefusingControl(xenstored.uri, timeout=2.0),
+                        SessionSlot(config, functools.partial(QuiesceSession, config)), home)
     logger = logging.getLogger("xe_quiesce")
     propagate, logger.propagate = logger.propagate, True  # the CLI's gate may own it
     with caplog.at_level(logging.DEBUG, logger="xe_quiesce"):
@@ -499,7 +503,7 @@ def test_advertisement_refused_is_logged_not_fatal(xenstored, config_for, loopfs
             agent.advertise()
         finally:
             logger.propagate = propagate
-            agent.client.close()
+            agent.stop()
     assert agent.running
     with XenstoreClient(xenstored.uri) as client:
         assert client.read(home + "/data/xe-quiesce/state") == "idle"

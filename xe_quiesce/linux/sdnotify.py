@@ -9,10 +9,9 @@ import threading
 import time
 
 
-def notify(message, environ=None):
+def notify(message):
     """Send one notification; returns False when not under systemd or on error."""
-    environ = os.environ if environ is None else environ
-    address = environ.get("NOTIFY_SOCKET")
+    address = os.environ.get("NOTIFY_SOCKET")
     if not address or address[0] not in "/@":
         return False
     if address[0] == "@":
@@ -27,14 +26,13 @@ def notify(message, environ=None):
         sock.close()
 
 
-def watchdog_interval(environ=None):
+def watchdog_interval():
     """Half of $WATCHDOG_USEC in seconds, or None when no watchdog is asked for us."""
-    environ = os.environ if environ is None else environ
     try:
-        usec = int(environ.get("WATCHDOG_USEC", ""))
+        usec = int(os.environ.get("WATCHDOG_USEC", ""))
     except ValueError:
         return None
-    pid = environ.get("WATCHDOG_PID")
+    pid = os.environ.get("WATCHDOG_PID")
     if usec <= 0 or (pid and pid != str(os.getpid())):
         return None
     return usec / 2e6
@@ -48,9 +46,8 @@ class Watchdog(object):
     pings stop and systemd restarts a hung daemon.
     """
 
-    def __init__(self, interval, environ=None):
+    def __init__(self, interval):
         self.interval = interval
-        self.environ = environ
         self._alive_until = time.monotonic() + interval
         self._stop = threading.Event()
         self._thread = None
@@ -71,6 +68,6 @@ class Watchdog(object):
     def _run(self):
         while True:
             if time.monotonic() < self._alive_until:
-                notify("WATCHDOG=1", self.environ)
+                notify("WATCHDOG=1")
             if self._stop.wait(self.interval):
                 return

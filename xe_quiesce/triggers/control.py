@@ -14,6 +14,7 @@ import socket
 import struct
 import threading
 
+from ..config import session_timeout
 from ..errors import BusyError, QuiesceError
 
 SOCKET_NAME = "control.sock"
@@ -73,17 +74,34 @@ class DaemonLock(object):
 
 
 class ControlServer(object):
-    """Serves control requests in threads; `handlers` maps op -> callable(request).
+    """The CLI's trigger: serves control requests in threads, freeze and thaw through the
+    daemon's session slot (a core.slot.SessionSlot), status through `status` (the
+    daemon's whole answer).
 
     Run by the holder of the DaemonLock. It removes only a socket it created, or a dead
     one (nobody accepts on it): never the socket a live daemon serves.
     """
 
-    def __init__(self, run_dir, handlers):
-        self.path = socket_path(run_dir)
-        self.handlers = handlers
+    def __init__(self, config, slot, status):
+        from ..protocol import CLI  # the server's: `xe-quiesce thaw`'s client side is lean
+
+        self.trigger = CLI
+        self.config = config
+        self.slot = slot
+        self.path = socket_path(config.state.run_dir)
+        self.handlers = {"freeze": self._freeze, "thaw": lambda _request: slot.thaw(self.trigger),
+                         "status": lambda _request: status()}
         self.sock = None
         self.created = None  # (st_dev, st_ino) of the socket file we bound
+
+    def _freeze(self, request):
+        timeout = session_timeout(request.get("timeout"), self.config.freeze.max_frozen)
+        return self.slot.freeze(self.trigger, timeout)
+
+    def status(self):
+        """(fields, lines) of `xe-quiesce status`: none of its own, that the daemon
+        answers over this socket at all is what it has to say."""
+        return {}, []
 
     def start(self):
         self._remove_dead_socket()

@@ -1,6 +1,7 @@
 """The I/O adapter that drives `conversation.Conversation` over xenstore and a session.
 
-It owns the xenstore client, the watches and the one QuiesceSession of a request; the
+It owns the xenstore client and the watches, and runs the QuiesceSession of a request
+in the daemon's session slot (core/slot.py: the other triggers are busy meanwhile); the
 decisions are the machine's. One thread does everything (the client is not thread
 safe). It blocks in xenstore until an event, the session's deadline, the watchdog's
 next beat, or a signal (SIGTERM/SIGINT wake it through a wake-up pipe): an idle agent
@@ -17,7 +18,7 @@ from .. import protocol as proto
 from ..core.discovery import Skipped
 from ..core.journal import Journal
 from ..core.plan import FreezePlan
-from ..core.session import QuiesceSession, make_plan
+from ..core.session import make_plan
 from ..errors import BusyError, QuiesceError
 from ..linux.sdnotify import Watchdog, notify, watchdog_interval
 from ..xenstore import (
@@ -49,17 +50,21 @@ def plan_for(config, devids, plan=None):
 
 
 class XapiTrigger(object):
-    """`xe-quiesce run`: advertise, watch C/action, play the guest's part per request."""
+    """`xe-quiesce run`: advertise, watch C/action, play the guest's part per request.
 
-    def __init__(self, config, client, domain_path=None, session_factory=None,
-                 environ=None, planner=None):
+    As a trigger of the daemon: start() takes SIGTERM/SIGINT, connects, advertises and
+    watches; serve() is the daemon's main thread until one of those signals (the
+    conversation thaws and unadvertises first); stop() gives back what start() took.
+    Its session is the slot's (a core.slot.SessionSlot), begun and ended by the
+    conversation.
+    """
+
+    def __init__(self, config, client, slot, domain_path=None, planner=None):
         self.config = config
         self.planner = planner  # the daemon's warm plan (warm_plan.WarmPlan)
         self.client = client
+        self.slot = slot
         self.domain_path = domain_path
-        self.session_factory = session_factory or (
-            lambda plan: QuiesceSession(config, trigger=proto.XAPI, plan=plan))
-        self.environ = environ
         self.journal = Journal(config.state.run_dir)
         self.machine = None
         self.session = None
@@ -69,51 +74,42 @@ class XapiTrigger(object):
         self.running = False
         self.feature_refused = False
         self.interrupted = False  # the session journal shows a xapi session cut off
-        self.wake_fd = None  # read end of the signal wake-up pipe while run() runs
+        self.wake_fd = None  # read end of the signal wake-up pipe between start and stop
+        self._signals = None  # (the handlers before ours, the wake-up fd before ours, write end)
 
     # -- life cycle ---------------------------------------------------------------
+
+    def after_reconcile(self, closed):
+        """What the daemon's start-up reconcile closed (a journal state, or None): a
+        XAPI session cut off means the host may still wait for this guest's answer."""
+        self.interrupted = bool(closed) and closed.get("trigger") == proto.XAPI
 
     def request_stop(self, *_signal_args):
         self.stop_requested = True
 
+    def home(self):
+        """(xenstore URI, domain path): where this VM's keys are (the path is None until
+        start() has found it)."""
+        return self.client.uri, self.domain_path
+
     def status(self):
-        """What `xe-quiesce status` shows of the xenstore conversation."""
-        return {"uri": self.client.uri, "domain_path": self.domain_path,
+        """(fields, lines) of `xe-quiesce status`: the xenstore conversation."""
+        part = {"uri": self.client.uri, "domain_path": self.domain_path,
                 "feature_advertised": not self.feature_refused,
                 "conversation": self.machine.state if self.machine else None}
+        return {"xenstore": part}, ["xenstore: {} at {}, control/feature-quiesce {}".format(
+            part["uri"], part["domain_path"], "advertised" if part["feature_advertised"]
+            else "refused by the host's permissions")]
 
-    def run(self):
-        """Serve until stopped (SIGTERM/SIGINT); a frozen session is thawed first."""
+    def start(self):
+        """Take SIGTERM/SIGINT (they end serve() through a wake-up pipe), connect, find
+        the home, advertise and watch; raises QuiesceError if impossible."""
         previous = {sig: signal.signal(sig, self.request_stop)
                     for sig in (signal.SIGTERM, signal.SIGINT)}
         self.wake_fd, wake_write = os.pipe()
         for fd in (self.wake_fd, wake_write):
             os.set_blocking(fd, False)
-        previous_wakeup = signal.set_wakeup_fd(wake_write)
-        watchdog = None
-        try:
-            self.start()
-            interval = watchdog_interval(self.environ)
-            if interval:
-                watchdog = Watchdog(interval, self.environ).start()
-            notify("READY=1", self.environ)
-            while self.running:
-                if watchdog:
-                    watchdog.beat(self.config.freeze.max_frozen + 2 * interval)
-                self.step(interval)
-        finally:
-            if watchdog:
-                watchdog.stop()
-            signal.set_wakeup_fd(previous_wakeup)
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-            for fd in (self.wake_fd, wake_write):
-                os.close(fd)
-            self.wake_fd = None
-            self.client.close()
-
-    def start(self):
-        """Connect, find the home, advertise and watch; raises QuiesceError if impossible."""
+        self._signals = previous, signal.set_wakeup_fd(wake_write), wake_write
         try:
             self.client.connect()
             self.domain_path = self.domain_path or self._own_domain_path()
@@ -134,6 +130,35 @@ class XapiTrigger(object):
                 raise QuiesceError("cannot watch {}: {}".format(path, error))
         self.running = True
         LOG.info("xe-quiesce %s serving %s (%s)", __version__, self.domain_path, self.client.uri)
+
+    def serve(self):
+        """Serve until stopped (SIGTERM/SIGINT); a frozen session is thawed first."""
+        watchdog = None
+        try:
+            interval = watchdog_interval()
+            if interval:
+                watchdog = Watchdog(interval).start()
+            notify("READY=1")
+            while self.running:
+                if watchdog:
+                    watchdog.beat(self.config.freeze.max_frozen + 2 * interval)
+                self.step(interval)
+        finally:
+            if watchdog:
+                watchdog.stop()
+
+    def stop(self):
+        """Give back the signals and close the connection (after serve(), or a start()
+        that failed)."""
+        if self._signals is not None:
+            previous, previous_wakeup, wake_write = self._signals
+            signal.set_wakeup_fd(previous_wakeup)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            for fd in (self.wake_fd, wake_write):
+                os.close(fd)
+            self.wake_fd = self._signals = None
+        self.client.close()
 
     def _recover_interrupted(self):
         """A request journaled and not closed: the agent died in its conversation.
@@ -341,8 +366,7 @@ class XapiTrigger(object):
     def do_StartSession(self, devids):
         try:
             plan = plan_for(self.config, devids, self.planner() if self.planner else None)
-            self.session = self.session_factory(plan)
-            summary = self.session.start()
+            self.session, summary = self.slot.begin(proto.XAPI, plan)
         except BusyError as error:
             return cv.QuiesceFailed(proto.ERR_BUSY, "busy: {}".format(error))
         except QuiesceError as error:
@@ -361,7 +385,7 @@ class XapiTrigger(object):
 
     def do_Thaw(self):
         """Thaw first, then stop watching V/status (xenstore may be down)."""
-        summary = self.session.thaw()
+        summary = self.slot.end(self.session)
         self.session = None
         path, self.status_path = self.status_path, None
         if path is not None:

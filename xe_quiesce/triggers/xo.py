@@ -41,6 +41,7 @@ from ..core.cancel import AbandonedError, Cancel
 from ..errors import BusyError, ConfigError, QuiesceError
 from ..protocol import XO
 from ..tls import certificate_pair, check_pair
+from .xo_tag import advice_for_this_vm
 
 log = logging.getLogger(__name__)
 
@@ -279,12 +280,18 @@ def client_gone_reason(seconds):
 
 
 class XoListener(object):
-    """The listener and what its two paths do through the daemon's holder."""
+    """The listener and what its two paths do through the daemon's session slot.
 
-    def __init__(self, config, holder):
+    `home()` gives the (xenstore URI, domain path) where the guest tools report this
+    VM's addresses, for the tag that `status` advises (the path is None until the XAPI
+    trigger has found it).
+    """
+
+    def __init__(self, config, slot, home):
         self.config = config
         self.xo = config.xo
-        self.holder = holder
+        self.slot = slot
+        self.home = home
         self.servers = []
         self.threads = []
         self._stop_pipe = None
@@ -294,19 +301,30 @@ class XoListener(object):
         self.policy = None
         self._lock = threading.Lock()
         self._syncing = {}  # client address -> the Cancel of its /sync in progress
+        self._failed = None  # why start() could not listen
 
     def off_reason(self):
+        if self._failed:
+            return self._failed
         if not self.xo.allow_from and not self.xo.secret_file:
             return ("the Xen Orchestra sync hook is off: set [xo-sync-hook] allow-from (the "
                     "XO servers' addresses) and/or secret-file to turn it on")
         return None
 
     def start(self):
-        """Bind and serve; returns False (and says why once) when configured off."""
+        """Bind and serve, unless configured off (said once). A hook that cannot start is
+        logged and its status says why: the other triggers serve without it."""
         reason = self.off_reason()
         if reason:
             log.info("%s", reason)
-            return False
+            return
+        try:
+            self._listen()
+        except (QuiesceError, OSError) as error:
+            self._failed = self._why_not(error)
+            log.error("Xen Orchestra sync hook not started: %s", self._failed)
+
+    def _listen(self):
         secret = read_secret(self.xo.secret_file) if self.xo.secret_file else None
         self.policy = AccessPolicy(self.xo.allow_from, secret)
         self.cert, self.key = certificate_pair(self.xo)
@@ -321,7 +339,13 @@ class XoListener(object):
             self.threads.append(thread)
         log.info("Xen Orchestra sync hook listening on port %d (certificate %s)", self.xo.port,
                  self.fingerprint())
-        return True
+
+    def _why_not(self, error):
+        if isinstance(error, ConfigError):
+            return str(self.config.located(error))
+        if isinstance(error, OSError):  # the port is taken
+            return "cannot listen on port {}: {}".format(self.xo.port, error.strerror or error)
+        return str(error)
 
     def _addresses(self):
         if self.xo.address:
@@ -339,12 +363,22 @@ class XoListener(object):
         return self._fingerprint
 
     def status(self):
-        """What `xe-quiesce status` shows of the listener (the daemon's status asks each
-        trigger, instead of reading its attributes)."""
+        """(fields, lines) of `xe-quiesce status`: on or why off; when on, the tag XO
+        needs to reach the hook from this VM's addresses."""
         on = bool(self.servers)
-        return {"on": on, "port": self.xo.port if on else None,
+        part = {"on": on, "port": self.xo.port if on else None,
                 "fingerprint": self.fingerprint() if on else None,
                 "off_reason": self.off_reason()}
+        if not on:
+            return {"xo_sync_hook": part}, [
+                "Xen Orchestra sync hook: off ({})".format(part["off_reason"])]
+        tag, why = advice_for_this_vm(*self.home(), port=self.xo.port,
+                                      listen_address=self.xo.address)
+        part.update(tag=tag, tag_why=why)
+        return {"xo_sync_hook": part}, [
+            "Xen Orchestra sync hook: on, port {}, certificate {}".format(
+                part["port"], part["fingerprint"]),
+            "Xen Orchestra tag for this VM: {}".format(tag), "  ({})".format(why)]
 
     def tls_context(self):
         """The server's TLS context, made at the first connection and kept."""
@@ -381,7 +415,7 @@ class XoListener(object):
             .format(timeout, give_up_margin(timeout))))
         try:
             with ConnectionWatch(conn, cancel, address):
-                summary = self.holder.freeze(TRIGGER, cancel=cancel)
+                summary = self.slot.freeze(TRIGGER, cancel=cancel)
         except BusyError as error:
             return 409, "busy: {}".format(error)
         except AbandonedError as error:
@@ -408,7 +442,7 @@ class XoListener(object):
 
     def _thaw_for(self, address, reason):
         try:
-            summary = self.holder.thaw(TRIGGER, may_thaw=(TRIGGER,))
+            summary = self.slot.thaw(TRIGGER)
         except BusyError:
             return
         if summary is not None:
@@ -417,11 +451,11 @@ class XoListener(object):
     def post_sync(self, address):
         with self._lock:
             cancel = self._syncing.get(address)
-            if cancel is not None and self.holder.quiescing_under(cancel):
+            if cancel is not None and self.slot.quiescing_under(cancel):
                 cancel.set("Xen Orchestra sent /post-sync while /sync was still quiescing")
                 return 200, "abandoned: {}".format(cancel.reason())
         try:
-            summary = self.holder.thaw(TRIGGER, may_thaw=(TRIGGER,))
+            summary = self.slot.thaw(TRIGGER)
         except BusyError as error:
             return 409, "busy: {}".format(error)
         if summary is None:

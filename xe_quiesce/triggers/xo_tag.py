@@ -12,8 +12,9 @@ avoids both; XO keeps its host, port and query string.
 """
 import ipaddress
 import re
+import socket
 
-from ..xenstore import XenstoreNotFound
+from ..xenstore import XenstoreClient, XenstoreError, XenstoreNotFound
 
 XO_PORT = 1727
 TAG = "xo:notify-on-snapshot"
@@ -93,6 +94,27 @@ def advice(networks, port, listen_address="", fallback_addresses=()):
     return url_tag(address or "<this guest's address>", port), (
         "the guest tools report no address: with the plain tag XO would take no snapshot "
         "at all (\"no VM address found\")")
+
+
+def advice_for_this_vm(uri, domain_path, port, listen_address):
+    """(tag, why) from the addresses the guest tools report in xenstore at `uri` under
+    `domain_path` (None: not known, none read), with this guest's own as the fallback.
+
+    Read on a connection of its own: the XAPI trigger's is its loop's.
+    """
+    networks, note = {}, ""
+    if domain_path:
+        try:
+            with XenstoreClient(uri, timeout=2.0) as client:
+                networks = networks_from_xenstore(client, domain_path)
+        except (XenstoreError, OSError) as error:
+            note = "; the guest tools' addresses could not be read: {}".format(error)
+    import psutil  # a status request's, not the idle daemon's memory
+
+    own = [entry.address for entries in psutil.net_if_addrs().values()
+           for entry in entries if entry.family in (socket.AF_INET, socket.AF_INET6)]
+    tag, why = advice(networks, port, listen_address, own)
+    return tag, why + note
 
 
 def _first_usable(addresses):
