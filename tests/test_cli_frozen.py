@@ -43,10 +43,12 @@ def on_term(*_):
     sys.exit(0)
 
 signal.signal(signal.SIGTERM, on_term)
-note(event="running", frozen=[is_frozen(point) for point in mounts],
-     env={{k: v for k, v in os.environ.items() if k.startswith("XE_QUIESCE_")}})
+# The output first: a test that stops COMMAND once it is "running" must not cut a print
+# in two (with PYTHONUNBUFFERED its text and its newline are two writes).
 print("to stdout", flush=True)
 print("to stderr", file=sys.stderr, flush=True)
+note(event="running", frozen=[is_frozen(point) for point in mounts],
+     env={{k: v for k, v in os.environ.items() if k.startswith("XE_QUIESCE_")}})
 if mode in ("linger", "stop"):
     while True:
         time.sleep(1)
