@@ -9,14 +9,14 @@ import ssl
 
 import pytest
 
-from xe_quiesce.triggers.xo import (
+from xe_quiesce.https import (
     HEADER_LIMIT,
     BadRequest,
     IncompleteRequest,
-    give_up_margin,
     parse_request,
     read_request,
 )
+from xe_quiesce.triggers.xo import give_up_margin
 
 WAIT = 60
 
