@@ -18,7 +18,7 @@ SHARED = {"xe_quiesce", "xe_quiesce.protocol", "xe_quiesce.errors", "xe_quiesce.
           "xe_quiesce.xenstore", "xe_quiesce.tls", "xe_quiesce.https", "xe_quiesce.access",
           "xe_quiesce.entry"}
 HOST_SHIPS = {"xe_quiesce", "xe_quiesce.protocol", "xe_quiesce.errors", "xe_quiesce.xenstore",
-              "xe_quiesce.tls", "xe_quiesce.access", "xe_quiesce.entry"}
+              "xe_quiesce.tls", "xe_quiesce.https", "xe_quiesce.access", "xe_quiesce.entry"}
 # What each layer may import of the package, besides itself.
 ALLOWED = {
     "linux": set(),
