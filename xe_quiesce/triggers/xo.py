@@ -63,6 +63,9 @@ class _Handler(Handler):
 
 
 class _Server(Server):
+    """The sync hook's server. A client that fails before its request is a DEBUG line
+    (the Server default): the guest's journal is not a port scanner's record."""
+
     handler = _Handler
     log = log
     label = "sync hook"
