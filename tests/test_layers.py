@@ -15,9 +15,10 @@ import pytest
 PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "xe_quiesce")
 # Modules at the package's top that guest and host share.
 SHARED = {"xe_quiesce", "xe_quiesce.protocol", "xe_quiesce.errors", "xe_quiesce.config",
-          "xe_quiesce.xenstore", "xe_quiesce.tls", "xe_quiesce.access", "xe_quiesce.entry"}
+          "xe_quiesce.xenstore", "xe_quiesce.tls", "xe_quiesce.https", "xe_quiesce.access",
+          "xe_quiesce.entry"}
 HOST_SHIPS = {"xe_quiesce", "xe_quiesce.protocol", "xe_quiesce.errors", "xe_quiesce.xenstore",
-              "xe_quiesce.tls", "xe_quiesce.access", "xe_quiesce.entry"}
+              "xe_quiesce.tls", "xe_quiesce.https", "xe_quiesce.access", "xe_quiesce.entry"}
 # What each layer may import of the package, besides itself.
 ALLOWED = {
     "linux": set(),

@@ -9,6 +9,7 @@ import http.client
 import json
 import os
 import re
+import socket
 import ssl
 import sys
 import uuid
@@ -18,8 +19,10 @@ import XenAPI
 
 from tests.guestd import GuestDaemon
 from tests.test_host_companion import Host, xenapi_plugin_dir  # noqa: F401 (fixture)
+from tests.test_xo_requests import exchange, get, tls_socket
 from tests.waiting import wait_until
 from tests.xapi_server import NULL
+from xe_quiesce.https import HEADER_LIMIT
 
 LISTENING = re.compile(r"listening on port (\d+)")
 
@@ -255,6 +258,53 @@ def test_bad_requests_get_a_clear_4xx(host):
     assert https_get("127.0.0.1", relay.port, "/other?vm=" + host.vm_uuid)[0] == 404
     assert "VM.snapshot" not in xapi.calls
     assert not host.client.exists(host.control)  # the agentless guest was never asked
+
+
+def asked_nothing(host):
+    """Nothing was asked of XAPI or the guest: no session started."""
+    return "VM.get_by_uuid" not in host.xapi.calls and not host.client.exists(host.control) \
+        and host.frozen_now() == [False, False]
+
+
+def test_malformed_requests_are_refused_as_by_the_guest_and_start_nothing(host):
+    """The relay reads requests as the guest's sync hook does (xe_quiesce/https.py):
+    http.server took `//sync` for /sync, served a request cut before its blank line and
+    let headers of any size through."""
+    host.make_vm().start_guest()
+    relay = host.relay(*ALLOW_LOCAL)
+    target = "/sync?vm=" + host.vm_uuid
+    for path in ("/" + target, "/sync/?vm=" + host.vm_uuid, "/SYNC?vm=" + host.vm_uuid):
+        assert exchange(relay, get(path)) == (404, "not found\n"), path
+    big = b"X-Big: " + b"a" * HEADER_LIMIT + b"\r\n"
+    status, body = exchange(relay, get(target, extra=big))
+    assert (status, body) == (431, "request headers over {} bytes\n".format(HEADER_LIMIT))
+    assert exchange(relay, get(target, method="FROB"))[0] == 405
+    with tls_socket(relay) as conn:
+        conn.sendall(get(target)[:-2])  # no blank line, then gone
+    wait_until(lambda: "relay: 127.0.0.1 left before a complete request" in relay.log(), 30,
+               "the relay's line for the unfinished request")
+    assert asked_nothing(host)
+    assert "Traceback" not in relay.log()
+    assert relay.get("/sync", host.vm_uuid)[0] == 200  # and it still serves
+    host.xo_snapshot()
+    assert relay.get("/post-sync", host.vm_uuid)[0] == 200
+
+
+def test_a_plain_http_client_is_one_log_line_and_no_traceback(host):
+    host.make_vm().start_guest()
+    relay = host.relay(*ALLOW_LOCAL)
+    with socket.create_connection(("127.0.0.1", relay.port), timeout=30) as plain:
+        plain.sendall(get("/sync?vm=" + host.vm_uuid))  # HTTP without TLS
+        plain.recv(1024)
+    failed = "relay: connection from 127.0.0.1 failed before a request"
+    wait_until(lambda: failed in relay.log(), 30, "the relay's line for the failed handshake")
+    assert asked_nothing(host)
+    assert relay.get("/post-sync", host.vm_uuid)[:2] == (
+        412, "nothing is frozen for VM {}".format(host.vm_uuid))  # still serving
+    log = relay.log()
+    assert log.count(failed) == 1, log
+    assert "Traceback" not in log, log
+    assert host.frozen_now() == [False, False]
 
 
 def test_second_sync_for_a_held_vm_is_409(host):

@@ -9,29 +9,30 @@ import ssl
 
 import pytest
 
-from xe_quiesce.triggers.xo import (
+from xe_quiesce.https import (
     HEADER_LIMIT,
     BadRequest,
     IncompleteRequest,
-    give_up_margin,
     parse_request,
     read_request,
 )
+from xe_quiesce.triggers.xo import give_up_margin
 
 WAIT = 60
 
 
-def tls_socket(xo, host="127.0.0.1"):
+def tls_socket(server, host="127.0.0.1"):
+    """A TLS connection to `server.port` (the guest's listener or the dom0 relay)."""
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
-    raw = socket.create_connection((host, xo.port), timeout=WAIT)
+    raw = socket.create_connection((host, server.port), timeout=WAIT)
     return context.wrap_socket(raw, server_hostname=host)
 
 
-def exchange(xo, data):
+def exchange(server, data):
     """Send raw bytes over TLS; the status code of the answer and its body."""
-    with tls_socket(xo) as conn:
+    with tls_socket(server) as conn:
         conn.sendall(data)
         answer = b""
         while True:

@@ -49,7 +49,7 @@ def test_files(host_rpm):
     ours = {p[len(SHARE + "/lib/"):] for p in listed if p.startswith(SHARE + "/lib/xe_quiesce/")}
     assert {p for p in ours if not p.startswith("xe_quiesce/host/") and p.endswith(".py")} == {
         "xe_quiesce/%s.py" % name for name in ("__init__", "protocol", "xenstore", "errors",
-                                               "tls", "access", "entry")}
+                                               "tls", "https", "access", "entry")}
     # private: nothing in site-packages (no clash with the guest package); the one
     # service is the relay's, installed off
     assert not [p for p in listed if "site-packages" in p or "init.d" in p]

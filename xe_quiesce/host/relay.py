@@ -22,20 +22,19 @@ max-frozen bounds all of it anyway. A VM running on another host of the pool is
 redirected (307) to the relay there, which XO's fetch follows.
 
 Who may call is checked as by the guest's own sync hook (its AccessPolicy: allow-from,
-bearer secret), with a certificate made the same way (tls.py).
+bearer secret), with a certificate made the same way (tls.py), and requests are read by
+the same strict server (https.py): nothing starts before a request is complete, `//sync`
+is not /sync, and a client that fails is one log line.
 """
 import contextlib
 import ipaddress
 import logging
-import select
 import socket
-import socketserver
 import threading
 import time
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
-from .. import tls
+from .. import https, tls
 from ..access import AccessPolicy, read_secret
 from ..errors import QuiesceError
 from ..protocol import UUID_RE
@@ -279,6 +278,10 @@ class Relay(object):
     def port(self):
         return self.server.server_address[1] if self.server else self.options.port
 
+    def tls_context(self):
+        """The context made at start (the relay checks its pair by making it)."""
+        return self.context
+
     def stop(self, wait=15.0):
         """Tell the guests still held (they thaw), stop listening, wait a little for
         the guests' reports."""
@@ -405,11 +408,25 @@ def _vm_argument(query):
     return values[0].lower()
 
 
-class _Server(socketserver.ThreadingMixIn, HTTPServer):
-    """HTTPS on one address; the default "::" takes IPv4 too (dual stack)."""
+class _Handler(https.Handler):
+    """One GET /sync or /post-sync?vm=<uuid> per connection."""
 
-    daemon_threads = True
-    allow_reuse_address = True
+    def get(self, request):
+        if request.path not in ("/sync", "/post-sync"):
+            return 404, "not found"
+        query = request.target.partition("?")[2]
+        return self.server.owner.answer(request.path, query, lambda: https.hung_up(self.request))
+
+
+class _Server(https.Server):
+    """HTTPS on one address; the default "::" takes IPv4 too (dual stack). A client that
+    fails before its request is an INFO line: the relay's log records every caller."""
+
+    handler = _Handler
+    log = LOG
+    label = "relay"
+    software = "xe-quiesce-host"
+    failure_level = logging.INFO
 
     def __init__(self, relay, address, port):
         address = address or ("::" if socket.has_ipv6 else "0.0.0.0")
@@ -417,73 +434,9 @@ class _Server(socketserver.ThreadingMixIn, HTTPServer):
             version = ipaddress.ip_address(address).version
         except ValueError:
             raise HostError("--address {!r} is not an IP address".format(address))
-        self.address_family = socket.AF_INET6 if version == 6 else socket.AF_INET
-        self.relay = relay
-        HTTPServer.__init__(self, (address, port), _Handler, bind_and_activate=False)
         try:
-            if address == "::":
-                self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            self.server_bind()
-            self.server_activate()
+            https.Server.__init__(self, (address, port),
+                                  socket.AF_INET6 if version == 6 else socket.AF_INET, relay)
         except OSError as error:
-            self.server_close()
             raise HostError("cannot listen on port {} of {}: {}".format(
                 port, address, error.strerror))
-
-    def get_request(self):
-        conn, address = self.socket.accept()
-        return self.relay.context.wrap_socket(conn, server_side=True,
-                                              do_handshake_on_connect=False), address
-
-    def handle_error(self, request, client_address):
-        LOG.info("relay: connection from %s failed", client_address[0], exc_info=True)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    """One GET /sync or /post-sync per connection; the TLS handshake under the timeout."""
-
-    server_version = "xe-quiesce-host"
-    sys_version = ""
-    timeout = 30
-
-    def setup(self):
-        BaseHTTPRequestHandler.setup(self)
-        self.connection.do_handshake()
-
-    def do_GET(self):
-        relay = self.server.relay
-        if not relay.policy.allows(self.client_address[0], self.headers.get("Authorization")):
-            return self._answer(403, "forbidden")
-        path, _, query = self.path.partition("?")
-        if path not in ("/sync", "/post-sync"):
-            return self._answer(404, "not found")
-        return self._answer(*relay.answer(path, query, self._client_gone))
-
-    def _client_gone(self):
-        """True once the client hung up (XO's AbortSignal closes the connection)."""
-        poller = select.poll()
-        poller.register(self.connection.fileno(), select.POLLRDHUP | select.POLLHUP |
-                        select.POLLERR)
-        return bool(poller.poll(0))
-
-    def _refuse(self):
-        if not self.server.relay.policy.allows(self.client_address[0],
-                                               self.headers.get("Authorization")):
-            return self._answer(403, "forbidden")
-        return self._answer(405, "only GET is served", (("Allow", "GET"),))
-
-    do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = do_OPTIONS = _refuse
-
-    def _answer(self, code, text, headers=()):
-        body = (text + "\n").encode()
-        self.send_response(code)
-        for name, value in (("Content-Type", "text/plain"),
-                            ("Content-Length", str(len(body))),
-                            ("Connection", "close")) + tuple(headers):
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(body)
-        self.close_connection = True
-
-    def log_message(self, fmt, *args):
-        LOG.info("relay %s: " + fmt, self.client_address[0], *args)

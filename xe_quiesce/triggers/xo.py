@@ -26,19 +26,17 @@ Idle, the hook is listening sockets and threads blocked in select(): ssl and hma
 connection, its TLS context is made then and kept. The certificate pair is checked at
 start all the same, in a child process (tls.check_pair).
 """
-import collections
 import ipaddress
 import logging
 import os
 import select
 import socket
-import socketserver
-import sys
 import threading
 
 from ..access import AccessPolicy, read_secret
 from ..core.cancel import AbandonedError, Cancel
 from ..errors import BusyError, ConfigError, QuiesceError
+from ..https import HANGUP, Handler, Server, hung_up
 from ..protocol import XO
 from ..tls import certificate_pair, check_pair
 from .xo_tag import advice_for_this_vm
@@ -48,176 +46,30 @@ log = logging.getLogger(__name__)
 TRIGGER = XO
 
 
-REQUEST_TIMEOUT = 30.0  # TLS handshake and the whole request: a slow client is dropped
-HEADER_LIMIT = 8192  # request line and headers; XO's are about 250 bytes
-HANGUP = select.POLLRDHUP | select.POLLHUP | select.POLLERR
-PATHS = ("/sync", "/post-sync")
-REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
-           405: "Method Not Allowed", 409: "Conflict", 431: "Request Header Fields Too Large",
-           500: "Internal Server Error", 503: "Service Unavailable"}
+class _Handler(Handler):
+    """XO's two paths. The connection is closed after the answer, so XO's keep-alive
+    client opens a new one for /post-sync."""
+
+    def get(self, request):
+        hook = self.server.owner
+        if request.path == "/sync":
+            return hook.sync(self.client_address[0], self.request)
+        if request.path == "/post-sync":
+            return hook.post_sync(self.client_address[0])
+        return 404, "not found"
+
+    def undelivered(self, request, code):
+        if request.path == "/sync" and code == 200:
+            self.server.owner.client_gone_after_freeze(self.client_address[0])
 
 
-class IncompleteRequest(Exception):
-    """The client left (or stalled) before the blank line that ends the headers."""
+class _Server(Server):
+    """The sync hook's server. A client that fails before its request is a DEBUG line
+    (the Server default): the guest's journal is not a port scanner's record."""
 
-
-class BadRequest(Exception):
-    def __init__(self, status, text):
-        Exception.__init__(self, text)
-        self.status = status
-
-
-Request = collections.namedtuple("Request", "method target path headers")
-
-
-def read_request(recv, limit=HEADER_LIMIT):
-    """Read one complete request head with `recv(n)`; a Request, or raise.
-
-    Only the request line and headers are read (a GET has no body); end-of-file before
-    the blank line is IncompleteRequest, never a request.
-    """
-    data = b""
-    while True:
-        end = _head_end(data)
-        if end is not None:
-            return parse_request(data[:end])
-        if len(data) > limit:
-            raise BadRequest(431, "request headers over {} bytes".format(limit))
-        chunk = recv(4096)
-        if not chunk:
-            raise IncompleteRequest("end of file after {} bytes".format(len(data)))
-        data += chunk
-
-
-def _head_end(data):
-    ends = [index for index in (data.find(b"\r\n\r\n"), data.find(b"\n\n")) if index >= 0]
-    return min(ends) if ends else None
-
-
-def parse_request(head, limit=HEADER_LIMIT):
-    """The request line and headers of `head` (bytes, without the blank line).
-
-    The path is the target as sent, up to any query string (a tag's URL may carry
-    one): `//sync` is not `/sync`.
-    """
-    if len(head) > limit:
-        raise BadRequest(431, "request headers over {} bytes".format(limit))
-    lines = head.decode("latin-1").replace("\r\n", "\n").split("\n")
-    parts = lines[0].split(" ")
-    if len(parts) != 3 or not parts[2].startswith("HTTP/1.") or not parts[1]:
-        raise BadRequest(400, "not an HTTP/1 request line")
-    headers = {}
-    for line in lines[1:]:
-        name, colon, value = line.partition(":")
-        if not colon or not name or name != name.strip():
-            raise BadRequest(400, "malformed header line")
-        headers[name.lower()] = value.strip()
-    method, target = parts[0], parts[1]
-    return Request(method, target, target.split("?", 1)[0], headers)
-
-
-class _Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, address, family, hook):
-        self.address_family = family
-        self.hook = hook
-        socketserver.TCPServer.__init__(self, address, _Handler, bind_and_activate=False)
-        if family == socket.AF_INET6 and address[0] in ("", "::"):
-            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        try:
-            self.server_bind()
-            self.server_activate()
-        except OSError:
-            self.server_close()
-            raise
-
-    def handle_error(self, request, client_address):
-        # Expected failures are handled in _Handler; this is the one line for the rest.
-        log.warning("sync hook: request from %s failed: %s", client_address[0],
-                    sys.exc_info()[1])
-
-    def serve_until(self, stop_fd):
-        """Accept until `stop_fd` is readable. socketserver's serve_forever wakes every
-        0.5 s to look for a shutdown request; this blocks until something happens."""
-        while True:
-            try:
-                ready = select.select([self.socket, stop_fd], [], [])[0]
-            except InterruptedError:
-                continue
-            if stop_fd in ready:
-                return
-            self.handle_request()
-
-    def get_request(self):
-        conn, address = self.socket.accept()
-        try:
-            context = self.hook.tls_context()
-        except QuiesceError as error:  # the pair checked at start went bad since
-            conn.close()
-            log.error("sync hook: %s", error)
-            raise OSError(str(error))  # socketserver drops this connection, serves the next
-        return context.wrap_socket(conn, server_side=True, do_handshake_on_connect=False), \
-            address
-
-
-class _Handler(socketserver.BaseRequestHandler):
-    """One connection, one request: TLS, the complete request, the checks, the answer.
-
-    Nothing acts before the blank line that ends the headers has arrived (a client that
-    leaves earlier, as a half request, starts nothing). The connection is closed after
-    the answer, so XO's keep-alive client opens a new one for /post-sync.
-    """
-
-    def handle(self):
-        conn = self.request
-        address = self.client_address[0]
-        conn.settimeout(REQUEST_TIMEOUT)
-        try:
-            conn.do_handshake()
-            request = read_request(conn.recv)
-        except IncompleteRequest as error:
-            log.debug("sync hook: %s left before a complete request (%s)", address, error)
-            return
-        except BadRequest as error:
-            return self._answer(error.status, str(error))
-        except OSError as error:  # ssl.SSLError and socket.timeout are OSErrors
-            log.debug("sync hook: connection from %s failed before a request: %s", address,
-                      error)
-            return
-        hook = self.server.hook
-        if not hook.policy.allows(address, request.headers.get("authorization")):
-            answer = (403, "forbidden")
-        elif request.method != "GET":
-            answer = (405, "only GET is served")
-        elif request.path == "/sync":
-            answer = hook.sync(address, conn)
-        elif request.path == "/post-sync":
-            answer = hook.post_sync(address)
-        else:
-            answer = (404, "not found")
-        log.info("sync hook %s: %s %s -> %s", address, request.method, request.target[:80],
-                 answer[0] if answer else "client gone")
-        if answer is not None and not self._answer(*answer) and request.path == "/sync" \
-                and answer[0] == 200:
-            hook.client_gone_after_freeze(address)
-
-    def _answer(self, code, text):
-        """Send the answer; False (one line in the log) when the client is gone."""
-        body = (text + "\n").encode()
-        head = ["HTTP/1.1 {} {}".format(code, REASONS.get(code, "")),
-                "Server: xe-quiesce", "Content-Type: text/plain",
-                "Content-Length: {}".format(len(body)), "Connection: close"]
-        if code == 405:
-            head.append("Allow: GET")
-        try:
-            self.request.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + body)
-        except OSError as error:  # ssl.SSLError included
-            log.info("sync hook: %s was gone when its %d answer was written (%s)",
-                     self.client_address[0], code, error)
-            return False
-        return True
+    handler = _Handler
+    log = log
+    label = "sync hook"
 
 
 class ConnectionWatch(object):
@@ -267,12 +119,6 @@ class ConnectionWatch(object):
 
 
 GONE = "Xen Orchestra stopped waiting"
-
-
-def hung_up(conn):
-    poller = select.poll()
-    poller.register(conn.fileno(), HANGUP)
-    return bool(poller.poll(0))
 
 
 def client_gone_reason(seconds):
