@@ -1,7 +1,8 @@
 """The tests' dom0: a thin wrapper over the product's host roles (xe_quiesce.host).
 
-xenopsd builds the guest's home, snapwatchd serves in a thread with the failure to
-inject (F7-F13), and `snapshot_with_quiesce` plays XAPI. Each role has its own
+xenopsd builds the guest's home, snapwatchd serves in a thread (`make_snapwatchd`
+says which: tests/faulty_snapwatchd.py's injects F7-F13), and `snapshot_with_quiesce`
+plays XAPI. Each role has its own
 xenstore connection, as the real daemons did. Timeouts are parameters so tests stay
 short; the snapshot itself is whatever `take_snapshot` does (tests copy loop images).
 """
@@ -38,7 +39,7 @@ def copy_images(images, before=None):
 class Dom0Sim(object):
     """One VM on a simulated XAPI host; `vdis` are its disk VDIs (one VBD each)."""
 
-    def __init__(self, uri, vdis, take_snapshot, domid=7, cdrom=True, failure=None,
+    def __init__(self, uri, vdis, take_snapshot, domid=7, cdrom=True,
                  snapshot_timeout=5.0, vm_disks=None, timeout=5.0):
         self.uri = uri
         self.domid = domid
@@ -48,7 +49,6 @@ class Dom0Sim(object):
             self.vbds.append(domains.Vbd(CDROM_DEVID, None, "cdrom"))
         self.vm_disks = list(vdis) if vm_disks is None else list(vm_disks)
         self.take_snapshot = take_snapshot
-        self.failure = failure
         self.snapshot_timeout = snapshot_timeout
         self.timeout = timeout
         self.client = XenstoreClient(uri, timeout=timeout)
@@ -68,13 +68,15 @@ class Dom0Sim(object):
     def start_snapwatchd(self):
         client = XenstoreClient(self.uri, timeout=self.timeout)
         client.connect()
-        self.snapwatchd = Snapwatchd(client, self.vss, self.home, self.vm_disks,
-                                     self.take_snapshot, snapshot_timeout=self.snapshot_timeout,
-                                     failure=self.failure)
+        self.snapwatchd = self.make_snapwatchd(client)
         self._stop.clear()
         self._thread = threading.Thread(target=self._serve, args=(client,),
                                         name="snapwatchd", daemon=True)
         self._thread.start()
+
+    def make_snapwatchd(self, client):
+        return Snapwatchd(client, self.vss, self.home, self.vm_disks, self.take_snapshot,
+                          snapshot_timeout=self.snapshot_timeout)
 
     def _serve(self, client):
         try:
