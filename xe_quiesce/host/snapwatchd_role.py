@@ -40,7 +40,7 @@ class Snapwatchd(object):
     """snapwatchd for one VM: `vss` is V, `vm_disks` the VM's non-CD VDIs (xapi's DB)."""
 
     def __init__(self, client, vss, domain_path, vm_disks, take_snapshot,
-                 snapshot_timeout=SNAPSHOT_TIMEOUT, clock=time.time):
+                 snapshot_timeout=SNAPSHOT_TIMEOUT):
         self.client = client
         self.vss = vss
         self.vm_uuid = vss.rsplit("/", 1)[-1]
@@ -49,7 +49,6 @@ class Snapwatchd(object):
         self.vm_disks = list(vm_disks)
         self.take_snapshot = take_snapshot
         self.snapshot_timeout = snapshot_timeout
-        self.clock = clock
         self.outcomes = []
         self.failed_because = None  # why the last request was answered snapshots-failed
 
@@ -110,8 +109,8 @@ class Snapwatchd(object):
             self.client.write("{}/snapshot/{}/id".format(self.vss, vdi), result.vdis[vdi])
         snapuuid = result.snapuuid if whole_vm else result.vdis[requested[-1]]
         if whole_vm:
-            self.client.write(self.vss + "/snapinfo", snapinfo(self.clock(), snapuuid,
-                                                               self.vm_uuid))
+            self.client.write(self.vss + "/snapinfo",
+                              snapinfo(time.time(), snapuuid, self.vm_uuid))
         self.client.write(self.vss + "/snapuuid", snapuuid)
         return self._status(CREATED)
 
