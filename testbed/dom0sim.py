@@ -1,16 +1,16 @@
-"""The tests' dom0: a thin wrapper over the product's host roles (xe_quiesce.host).
+"""The testbed's dom0: a thin wrapper over the product's host roles (xe_quiesce.host).
 
 xenopsd builds the guest's home, snapwatchd serves in a thread (`make_snapwatchd`
 says which: tests/faulty_snapwatchd.py's injects F7-F13), and `snapshot_with_quiesce`
-plays XAPI. Each role has its own
-xenstore connection, as the real daemons did. Timeouts are parameters so tests stay
-short; the snapshot itself is whatever `take_snapshot` does (tests copy loop images).
+plays XAPI. Each role has its own xenstore connection, as the real daemons did.
+Timeouts are parameters so tests stay short; the snapshot itself is whatever
+`take_snapshot` does (tests and bench copy loop images).
 """
 import subprocess
 import threading
 import uuid
 
-from tests import domains
+from testbed import domains
 from xe_quiesce.host import xapi_role
 from xe_quiesce.host.snapwatchd_role import SnapshotResult, Snapwatchd
 from xe_quiesce.xenstore import XenstoreClient

@@ -1,4 +1,4 @@
-"""A XAPI guest's home in xenstore, as xenopsd/XAPI lay it out, for the tests' dom0.
+"""A XAPI guest's home in xenstore, as xenopsd/XAPI lay it out, for the testbed's dom0.
 
 The product's dom0 companion only ever recreates `/vss/<uuid>` and `D/vss`
 (xe_quiesce/host/xenopsd.py); the rest of a home (domid, vm, guest-owned

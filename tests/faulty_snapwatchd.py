@@ -7,7 +7,7 @@ F10 `allowvssprovider` = `None`, F11 lock held (nothing written), F12
 `create-snapshotinfo` fails, F13 snapwatchd not running (nothing ever written).
 FaultyDom0Sim is the dom0 simulator serving with it.
 """
-from tests.dom0sim import Dom0Sim
+from testbed.dom0sim import Dom0Sim
 from xe_quiesce import protocol
 from xe_quiesce.host.snapwatchd_role import SnapshotFailed, Snapwatchd
 from xe_quiesce.host.waiting import wait_for

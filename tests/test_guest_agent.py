@@ -1,7 +1,7 @@
 """`xe-quiesce run` against a real xenstored, the dom0 simulator and real loop filesystems.
 
 The daemon runs as its own process (`python -m xe_quiesce.cli run`), as systemd runs
-it; the test process plays dom0 with the product's host roles (tests/dom0sim.py,
+it; the test process plays dom0 with the product's host roles (testbed/dom0sim.py,
 tests/faulty_snapwatchd.py).
 "Frozen" is always checked with a probe FIFREEZE (EBUSY = frozen), and only at moments
 when the daemon cannot be freezing concurrently.
@@ -18,12 +18,12 @@ import uuid
 
 import pytest
 
+from testbed.dom0sim import copy_images
+from testbed.guestd import GuestDaemon
+from testbed.loopfs import is_frozen
+from testbed.waiting import wait_until
 from tests import xstrace
-from tests.dom0sim import copy_images
 from tests.faulty_snapwatchd import FaultyDom0Sim
-from tests.guestd import GuestDaemon
-from tests.loopfs import is_frozen
-from tests.waiting import wait_until
 from xe_quiesce.host.snapwatchd_role import SnapshotResult
 from xe_quiesce.host.xapi_role import FAILED, XapiError
 from xe_quiesce.triggers.xapi import XapiTrigger

@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from tests import domains
+from testbed import domains
 from tests.faulty_snapwatchd import FaultySnapwatchd
 from xe_quiesce.host import xapi_role, xenopsd
 from xe_quiesce.host.snapwatchd_role import SnapshotResult

@@ -16,9 +16,9 @@ import uuid
 import pytest
 import XenAPI
 
-from tests.guestd import GuestDaemon
+from testbed.guestd import GuestDaemon
+from testbed.waiting import wait_until
 from tests.test_host_companion import Host, xenapi_plugin_dir  # noqa: F401 (fixture)
-from tests.waiting import wait_until
 from tests.xapi_server import NULL
 
 LISTENING = re.compile(r"listening on port (\d+)")
