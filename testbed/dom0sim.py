@@ -1,7 +1,7 @@
 """The testbed's dom0: a thin wrapper over the product's host roles (xe_quiesce.host).
 
-xenopsd builds the guest's home, snapwatchd serves in a thread (`make_snapwatchd`
-says which: tests/faulty_snapwatchd.py's injects F7-F13), and `snapshot_with_quiesce`
+xenopsd builds the guest's home, snapwatchd serves in a thread (SNAPWATCHD says
+which: tests/faulty_snapwatchd.py's injects F7-F13), and `snapshot_with_quiesce`
 plays XAPI. Each role has its own xenstore connection, as the real daemons did.
 Timeouts are parameters so tests stay short; the snapshot itself is whatever
 `take_snapshot` does (tests and bench copy loop images).
@@ -39,6 +39,8 @@ def copy_images(images, before=None):
 class Dom0Sim(object):
     """One VM on a simulated XAPI host; `vdis` are its disk VDIs (one VBD each)."""
 
+    SNAPWATCHD = Snapwatchd  # the product's; a subclass of the simulator may serve another
+
     def __init__(self, uri, vdis, take_snapshot, domid=7, cdrom=True,
                  snapshot_timeout=5.0, vm_disks=None, timeout=5.0):
         self.uri = uri
@@ -74,9 +76,10 @@ class Dom0Sim(object):
                                         name="snapwatchd", daemon=True)
         self._thread.start()
 
-    def make_snapwatchd(self, client):
-        return Snapwatchd(client, self.vss, self.home, self.vm_disks, self.take_snapshot,
-                          snapshot_timeout=self.snapshot_timeout)
+    def make_snapwatchd(self, client, **options):
+        """This VM's snapwatchd on `client`; `options` are SNAPWATCHD's own."""
+        return self.SNAPWATCHD(client, self.vss, self.home, self.vm_disks, self.take_snapshot,
+                               snapshot_timeout=self.snapshot_timeout, **options)
 
     def _serve(self, client):
         try:

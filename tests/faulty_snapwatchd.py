@@ -71,10 +71,11 @@ class FaultyDom0Sim(Dom0Sim):
     """The dom0 simulator whose snapwatchd fails as `failure` says (set it, then
     start_snapwatchd(), to change the failure between requests)."""
 
+    SNAPWATCHD = FaultySnapwatchd
+
     def __init__(self, *args, failure=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.failure = failure
 
     def make_snapwatchd(self, client):
-        return FaultySnapwatchd(client, self.vss, self.home, self.vm_disks, self.take_snapshot,
-                                snapshot_timeout=self.snapshot_timeout, failure=self.failure)
+        return super().make_snapwatchd(client, failure=self.failure)
