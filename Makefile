@@ -52,7 +52,7 @@ deps: apt venvs
 
 lint: $(VENV)/stamp
 	$(VENV)/bin/vermin --no-tips --violations --target=3.6- --eval-annotations xe_quiesce host-plugin/xe-quiesce
-	$(VENV)/bin/ruff check xe_quiesce tests bench host-plugin/xe-quiesce
+	$(VENV)/bin/ruff check xe_quiesce testbed tests bench host-plugin/xe-quiesce
 
 # pytest exits 5 when it ran no test: that must fail, so only 0 passes.
 unit-newest: deps

@@ -28,8 +28,8 @@ import uuid
 
 import psutil
 
-from tests.dom0sim import Dom0Sim
-from tests.guestd import GuestDaemon
+from testbed.dom0sim import Dom0Sim
+from testbed.guestd import GuestDaemon
 from xe_quiesce.host import xapi_role
 from xe_quiesce.host.snapwatchd_role import SnapshotResult
 from xe_quiesce.triggers import control
@@ -53,7 +53,7 @@ def free_port():
 
 
 class ProbeDaemon(GuestDaemon):
-    """GuestDaemon (tests/guestd.py) through bench.probe_daemon, without -v (as deployed),
+    """GuestDaemon (testbed/guestd.py) through bench.probe_daemon, without -v (as deployed),
     under bench.reaper (a prompt reaper of the guard, as PID 1 is on a real guest)."""
 
     def __init__(self, config, xenstore_args, log_path, env, reaper=True):

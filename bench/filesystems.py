@@ -11,7 +11,7 @@ import subprocess
 import tempfile
 import time
 
-from tests.loopfs import LoopFs
+from testbed.loopfs import LoopFs
 
 # ext4 must hold the 64 MiB of unsynced data; xfsprogs refuses less than 300 MiB.
 SIZE_MB = {"ext4": 128, "xfs": 300}

@@ -22,8 +22,8 @@ import sys
 import time
 import types
 
-from tests.loopfs import is_frozen
-from tests.rig.xenstored import Xenstored
+from testbed.loopfs import is_frozen
+from testbed.xenstored import Xenstored
 from xe_quiesce import __version__, tls
 from xe_quiesce.linux.fsops import FIFREEZE, FITHAW, FsOps
 from xe_quiesce.triggers import control

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from tests.loopfs import LoopFs
+from testbed.loopfs import LoopFs
 from xe_quiesce.config import load_config
 
 if os.path.exists(os.path.join(os.path.dirname(__file__), "rig", "fixtures.py")):

@@ -16,8 +16,8 @@ import sys
 import tempfile
 import time
 
+from testbed.loopfs import LoopFs
 from tests.consistency import TOTAL, Writer, check_copy
-from tests.loopfs import LoopFs
 
 INTRO = """\
 xe-quiesce demo: a snapshot of two busy filesystems, with and without quiescing.

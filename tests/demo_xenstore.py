@@ -13,12 +13,12 @@ import tempfile
 import time
 import uuid
 
+from testbed.dom0sim import Dom0Sim, copy_images
+from testbed.guestd import GuestDaemon
+from testbed.loopfs import LoopFs
+from testbed.xenstored import Xenstored
 from tests import xstrace
 from tests.consistency import TOTAL, Writer, check_copy
-from tests.dom0sim import Dom0Sim, copy_images
-from tests.guestd import GuestDaemon
-from tests.loopfs import LoopFs
-from tests.rig.xenstored import Xenstored
 from xe_quiesce.xenstore import XenstoreClient
 
 SHOWN_ROLES = ("xapi", "guest", "snapwatchd")

@@ -12,8 +12,8 @@ import sys
 
 import pytest
 
-from tests.loopfs import is_frozen
-from tests.waiting import wait_until
+from testbed.loopfs import is_frozen
+from testbed.waiting import wait_until
 from xe_quiesce.cli import frozen as cli_frozen
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -21,8 +21,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROBE = r"""
 import json, os, signal, sys, time
 sys.path.insert(0, {repo!r})
-from tests.loopfs import is_frozen
-from tests.waiting import wait_until
+from testbed.loopfs import is_frozen
+from testbed.waiting import wait_until
 
 mounts, record, mode = sys.argv[1].split(), sys.argv[2], sys.argv[3]
 

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.loopfs import is_frozen, run
+from testbed.loopfs import is_frozen, run
 from xe_quiesce.config import parse_config
 from xe_quiesce.core.freezer import NOT_ATTEMPTED, Freezer
 from xe_quiesce.core.journal import Journal

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from tests.loopfs import is_frozen
-from tests.waiting import wait_until
+from testbed.loopfs import is_frozen
+from testbed.waiting import wait_until
 from xe_quiesce.core import guard
 from xe_quiesce.core.guard import FDS_PER_PACKET, RETHAW_INTERVAL, Guard, GuardService
 from xe_quiesce.core.journal import Journal

@@ -1,7 +1,8 @@
 """`xe-quiesce run` against a real xenstored, the dom0 simulator and real loop filesystems.
 
 The daemon runs as its own process (`python -m xe_quiesce.cli run`), as systemd runs
-it; the test process plays dom0 with the product's host roles (tests/dom0sim.py).
+it; the test process plays dom0 with the product's host roles (testbed/dom0sim.py,
+tests/faulty_snapwatchd.py).
 "Frozen" is always checked with a probe FIFREEZE (EBUSY = frozen), and only at moments
 when the daemon cannot be freezing concurrently.
 """
@@ -18,11 +19,12 @@ import uuid
 
 import pytest
 
+from testbed.dom0sim import copy_images
+from testbed.guestd import GuestDaemon
+from testbed.loopfs import is_frozen
+from testbed.waiting import wait_until
 from tests import xstrace
-from tests.dom0sim import Dom0Sim, copy_images
-from tests.guestd import GuestDaemon
-from tests.loopfs import is_frozen
-from tests.waiting import wait_until
+from tests.faulty_snapwatchd import FaultyDom0Sim
 from xe_quiesce.core.session import QuiesceSession
 from xe_quiesce.core.slot import SessionSlot
 from xe_quiesce.host.snapwatchd_role import SnapshotResult
@@ -67,9 +69,9 @@ class Rig(object):
 
     def start(self, failure=None, take=None, vm_disks=None, max_frozen=4, quirks=None,
               snapshot_timeout=5.0, env=None):
-        self.sim = Dom0Sim(self.xenstored.uri, self.vdis, take or self.quick_snapshot,
-                           failure=failure, vm_disks=vm_disks,
-                           snapshot_timeout=snapshot_timeout).start()
+        self.sim = FaultyDom0Sim(self.xenstored.uri, self.vdis, take or self.quick_snapshot,
+                                 failure=failure, vm_disks=vm_disks,
+                                 snapshot_timeout=snapshot_timeout).start()
         self.client.connect()
         self.home, self.vss = self.sim.home, self.sim.vss
         self.control = self.home + "/control/snapshot"

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from tests.loopfs import LoopFs, is_frozen
+from testbed.loopfs import LoopFs, is_frozen
 from xe_quiesce.config import load_config
 from xe_quiesce.core.hooks import HookSet
 from xe_quiesce.core.session import QuiesceSession

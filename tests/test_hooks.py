@@ -8,7 +8,7 @@ import time
 import psutil
 import pytest
 
-from tests.loopfs import is_frozen, run
+from testbed.loopfs import is_frozen, run
 from xe_quiesce.config import load_config, parse_config
 from xe_quiesce.core.hooks import KILL_GRACE, OUTPUT_LIMIT, HookSet
 from xe_quiesce.core.session import QuiesceSession

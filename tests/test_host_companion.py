@@ -22,9 +22,9 @@ from importlib import metadata
 import pytest
 import XenAPI
 
-from tests import domains
-from tests.guestd import GuestDaemon
-from tests.loopfs import is_frozen
+from testbed import domains
+from testbed.guestd import GuestDaemon
+from testbed.loopfs import is_frozen
 from tests.xapi_server import NULL, FakeXapi
 from xe_quiesce.xenstore import XenstoreClient
 

@@ -10,9 +10,10 @@ import uuid
 
 import pytest
 
-from tests import domains
+from testbed import domains
+from tests.faulty_snapwatchd import FaultySnapwatchd
 from xe_quiesce.host import xapi_role, xenopsd
-from xe_quiesce.host.snapwatchd_role import SnapshotResult, Snapwatchd
+from xe_quiesce.host.snapwatchd_role import SnapshotResult
 from xe_quiesce.host.xapi_role import XapiError
 from xe_quiesce.xenstore import XenstoreClient
 
@@ -160,7 +161,8 @@ def serve(dom, requested, failure=None, vm_disks=VDIS, take=snapshot_ok, status=
     request(client, vss, requested)
     if status != "create-snapshots":
         client.write(vss + "/status", status)
-    role = Snapwatchd(client, vss, home, vm_disks, take, snapshot_timeout=0.5, failure=failure)
+    role = FaultySnapwatchd(client, vss, home, vm_disks, take, snapshot_timeout=0.5,
+                            failure=failure)
     return role.serve_once(1.0), client, vss
 
 
@@ -217,4 +219,4 @@ def test_create_snapshotinfo(dom, failure, value):
 def test_unknown_failure_name_is_refused(dom):
     client, home, vss = dom
     with pytest.raises(ValueError):
-        Snapwatchd(client, vss, home, VDIS, snapshot_ok, failure="F99")
+        FaultySnapwatchd(client, vss, home, VDIS, snapshot_ok, failure="F99")

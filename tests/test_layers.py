@@ -2,7 +2,9 @@
 
 linux/ (kernel and /proc effects) imports nothing of ours; core/ (one quiesce session) only
 linux/ and the shared modules; triggers/ (what asks for a session) only core/ and the
-shared modules; host/ (dom0) only what the host RPM ships. Read from the source with ast,
+shared modules; host/ (dom0) only what the host RPM ships. Around the package, the
+dependencies run one way: testbed/ (the real components tests run against) uses only the
+product, bench/ the product and testbed/, tests/ anything. Read from the source with ast,
 so a lazy import inside a function counts as much as one at the top.
 """
 import ast
@@ -12,7 +14,8 @@ import sys
 
 import pytest
 
-PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "xe_quiesce")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGE = os.path.join(ROOT, "xe_quiesce")
 # Modules at the package's top that guest and host share.
 SHARED = {"xe_quiesce", "xe_quiesce.protocol", "xe_quiesce.errors", "xe_quiesce.config",
           "xe_quiesce.xenstore", "xe_quiesce.tls", "xe_quiesce.https", "xe_quiesce.access",
@@ -31,19 +34,19 @@ ALLOWED = {
 }
 
 
-def _modules():
-    for directory, _, files in os.walk(PACKAGE):
+def _modules(package=PACKAGE):
+    for directory, _, files in os.walk(package):
         for name in sorted(files):
             if name.endswith(".py"):
                 path = os.path.join(directory, name)
-                relative = os.path.relpath(path, os.path.dirname(PACKAGE))[:-3].split(os.sep)
+                relative = os.path.relpath(path, ROOT)[:-3].split(os.sep)
                 if relative[-1] == "__init__":
                     relative = relative[:-1]
                 yield ".".join(relative), path, name == "__init__.py"
 
 
-def _imports(module, path, is_package):
-    """Every module of ours that `module` imports, as dotted names."""
+def _imports(module, path, is_package, top="xe_quiesce"):
+    """Every module of package `top` that `module` imports, as dotted names."""
     tree = ast.parse(open(path).read(), path)
     package = module.split(".") if is_package else module.split(".")[:-1]
     found = set()
@@ -57,10 +60,9 @@ def _imports(module, path, is_package):
             found.add(base)
             # `from . import x`: x may be a module
             found.update(base + "." + alias.name for alias in node.names
-                         if os.path.exists(os.path.join(os.path.dirname(PACKAGE),
-                                                        *(base + "." + alias.name).split("."))
+                         if os.path.exists(os.path.join(ROOT, *(base + "." + alias.name).split("."))
                                            + ".py"))
-    return {name for name in found if name == "xe_quiesce" or name.startswith("xe_quiesce.")}
+    return {name for name in found if name == top or name.startswith(top + ".")}
 
 
 def _layer(module):
@@ -111,6 +113,32 @@ def test_the_check_sees_a_wrong_import(tmp_path):
                      "xe_quiesce.core.freezer"}
     assert not _allowed("core", "xe_quiesce.triggers.xo")
     assert _allowed("core", "xe_quiesce.core.freezer")
+
+
+# Who may not import whom among the top-level packages: the product none of the others,
+# the testbed only the product, the bench the product and the testbed.
+NOT_IMPORTED = {"xe_quiesce": ("testbed", "bench", "tests"), "testbed": ("bench", "tests"),
+                "bench": ("tests",)}
+OUTER = sorted((module, path, package, top) for top in NOT_IMPORTED
+               for module, path, package in _modules(os.path.join(ROOT, top)))
+
+
+def test_every_outer_package_has_modules():
+    assert {module.split(".")[0] for module, _, _, _ in OUTER} == set(NOT_IMPORTED)
+
+
+@pytest.mark.parametrize("module,path,is_package,top", OUTER, ids=[m for m, _, _, _ in OUTER])
+def test_dependencies_run_one_way_product_testbed_bench_tests(module, path, is_package, top):
+    wrong = sorted(name for other in NOT_IMPORTED[top]
+                   for name in _imports(module, path, is_package, other))
+    assert wrong == [], "{} may not import {}".format(module, wrong)
+
+
+def test_the_outer_check_sees_a_wrong_import(tmp_path):
+    """A lazy import of the tests inside a bench function is caught."""
+    source = tmp_path / "bad.py"
+    source.write_text("def rig():\n    from tests.rig import fixtures\n")
+    assert _imports("bench.bad", str(source), False, "tests") == {"tests.rig", "tests.rig.fixtures"}
 
 
 # What `xe-quiesce thaw` loads: it runs inside the frozen window, so its start-up is part

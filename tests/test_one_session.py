@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.loopfs import is_frozen
+from testbed.loopfs import is_frozen
 from xe_quiesce.core.session import QuiesceSession
 from xe_quiesce.core.slot import THAW_POLICY, UNSEEN, SessionSlot
 from xe_quiesce.errors import BusyError

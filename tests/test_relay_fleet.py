@@ -11,7 +11,7 @@ import sys
 import pytest
 import XenAPI
 
-from tests import domains
+from testbed import domains
 from tests.test_host_companion import PLUGIN, run_cli, xenapi_plugin_dir  # noqa: F401
 from tests.test_relay import relay_host_fixture  # noqa: F401 (the host fixture)
 from tests.xapi_server import NULL

@@ -7,6 +7,7 @@ detached /post-sync. The relay, the guest daemon, xenstored: as in test_relay.py
 """
 import pytest
 
+from testbed.waiting import wait_until
 from tests.test_host_companion import xenapi_plugin_dir  # noqa: F401 (fixture)
 from tests.test_relay import (  # noqa: F401 (the host fixture)
     ALLOW_LOCAL,
@@ -15,7 +16,6 @@ from tests.test_relay import (  # noqa: F401 (the host fixture)
     quiesced,
     relay_host_fixture,
 )
-from tests.waiting import wait_until
 from tests.xo.client import XoRun, installed
 
 pytestmark = pytest.mark.skipif(not installed(), reason="XO's client: run `make xo-client`")

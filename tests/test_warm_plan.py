@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from tests.loopfs import is_frozen, run
+from testbed.loopfs import is_frozen, run
 from xe_quiesce.core.discovery import plan_inputs
 from xe_quiesce.core.session import QuiesceSession, make_plan
 from xe_quiesce.core.warm_plan import WarmPlan

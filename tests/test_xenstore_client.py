@@ -14,7 +14,7 @@ import pyxs
 from pyxs.client import Monitor
 from pyxs.exceptions import PyXSError
 
-from tests.waiting import wait_until
+from testbed.waiting import wait_until
 from xe_quiesce.xenstore import (
     XenstoreClient,
     XenstoreConnectionError,

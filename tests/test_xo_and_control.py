@@ -20,10 +20,10 @@ import uuid
 import pytest
 
 from bench.idle import thread_states, waits_with_timeout
-from tests.dom0sim import Dom0Sim
-from tests.guestd import GuestDaemon
-from tests.loopfs import is_frozen
-from tests.waiting import wait_until
+from testbed.dom0sim import Dom0Sim
+from testbed.guestd import GuestDaemon
+from testbed.loopfs import is_frozen
+from testbed.waiting import wait_until
 from xe_quiesce.host.snapwatchd_role import SnapshotResult
 
 SECRET = b"s3cret-for-xo"
@@ -211,7 +211,7 @@ def test_cli_frozen_runs_the_command_inside_the_daemons_session(xo):
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     command = ("import json, subprocess, sys\n"
                "sys.path.insert(0, {!r})\n"
-               "from tests.loopfs import is_frozen\n"
+               "from testbed.loopfs import is_frozen\n"
                "status = subprocess.run([sys.executable, '-m', 'xe_quiesce.cli', 'status', "
                "'--json', '--config', {!r}], stdout=subprocess.PIPE, check=True).stdout\n"
                "print(json.dumps([json.loads(status)['daemon']['held_by_daemon'], "

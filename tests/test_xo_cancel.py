@@ -6,7 +6,7 @@ deterministic where a real client's timing could not be.
 """
 import pytest
 
-from tests.loopfs import is_frozen
+from testbed.loopfs import is_frozen
 from tests.test_hooks import Bed
 from xe_quiesce.core.cancel import AbandonedError, Cancel
 from xe_quiesce.core.session import QuiesceSession

@@ -2,7 +2,7 @@
 always answered (after the restart if need be), exactly once, and no filesystem stays
 frozen past the session's deadline + 1 s.
 
-Against the real rig: C xenstored, the dom0 roles of tests/dom0sim.py, two loop
+Against the real rig: C xenstored, the dom0 roles of testbed/dom0sim.py, two loop
 filesystems. The fault is injected by tests/fuzz/crashd.py (the real command line,
 killed just before its N-th command); the restart is a plain `xe-quiesce run`, as
 systemd's Restart=on-failure starts it.
@@ -15,10 +15,10 @@ import time
 
 import pytest
 
+from testbed.guestd import GuestDaemon
+from testbed.waiting import wait_until
 from tests import xstrace
 from tests.fuzz import figures
-from tests.guestd import GuestDaemon
-from tests.waiting import wait_until
 from xe_quiesce.host.xapi_role import XapiError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -11,8 +11,8 @@ import ssl
 
 import pytest
 
+from testbed.waiting import wait_until
 from tests.fuzz import figures
-from tests.waiting import wait_until
 
 IDLE = 40
 

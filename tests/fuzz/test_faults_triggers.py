@@ -17,9 +17,9 @@ import time
 
 import pytest
 
+from testbed.guestd import GuestDaemon
+from testbed.waiting import wait_until
 from tests.fuzz import figures
-from tests.guestd import GuestDaemon
-from tests.waiting import wait_until
 from xe_quiesce.errors import QuiesceError
 from xe_quiesce.host.xapi_role import FAILED, XapiError
 from xe_quiesce.triggers import control

@@ -11,9 +11,9 @@ import uuid
 
 import pytest
 
+from testbed.waiting import wait_until
 from tests.fuzz import figures
 from tests.test_guest_agent import plant
-from tests.waiting import wait_until
 from xe_quiesce.host.xapi_role import FAILED, XapiError
 
 REQUEST_KEYS = ("vss", "device/vbd/51712/device-type", "device/vbd/51712/backend",

@@ -55,6 +55,9 @@ def test_ships_only_the_guest_modules(root):
     listed = chroots.run_in(root, "dpkg-query", "-L", PKG_NAME).stdout.split()
     assert [p for p in listed if p.endswith("/xe_quiesce/core/session.py")]
     assert not [p for p in listed if "/xe_quiesce/host" in p or p.endswith("xe-quiesce-host")]
+    # the testbed, the tests and the bench are the source tree's (setup.cfg lists packages)
+    assert not [p for p in listed if any("-packages/{}/".format(top) in p
+                                         for top in ("testbed", "tests", "bench"))]
 
 
 def test_version_runs(root, version):

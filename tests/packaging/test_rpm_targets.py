@@ -19,7 +19,7 @@ import tempfile
 
 import pytest
 
-from tests.loopfs import LoopFs
+from testbed.loopfs import LoopFs
 
 from . import chroots
 from .conftest import PKG_NAME, REPO, target_rpm

@@ -11,8 +11,8 @@ import shutil
 
 import pytest
 
+from testbed.xenstored import Xenstored, missing
 from tests.rig.xenbus_emulator import XenbusEmulator
-from tests.rig.xenstored import Xenstored, missing
 
 
 def _daemon(flavour):

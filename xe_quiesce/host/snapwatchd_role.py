@@ -5,10 +5,8 @@ The snapshot itself is a callback, `take_snapshot(vdis, whole_vm)` returning a
 tests one that copies loop images. Everything else is the removed snapwatchd's
 behaviour, with its status values, its disk-count rule and its 10 s budget.
 
-`failure` injects the failure modes of contract section b for tests:
-F7 per-disk mode, F8 snapshot too slow or failed, F9 a requested disk missing from
-the snapshot, F10 `allowvssprovider` = `None`, F11 lock held (nothing written), F12
-`create-snapshotinfo` fails, F13 snapwatchd not running (nothing ever written).
+Each step is a method so that the tests can inject the failure modes of contract
+section b (F7-F13) by overriding one (tests/faulty_snapwatchd.py).
 """
 import logging
 import threading
@@ -21,7 +19,6 @@ from .waiting import wait_for
 LOG = logging.getLogger(__name__)
 
 SNAPSHOT_TIMEOUT = 10.0   # snapwatchd gives VM.snapshot 10 s (F8)
-FAILURES = ("F7", "F8", "F9", "F10", "F11", "F12", "F13")
 
 CREATED = protocol.SNAPSHOTS_CREATED
 FAILED = protocol.SNAPSHOTS_FAILED
@@ -43,26 +40,20 @@ class Snapwatchd(object):
     """snapwatchd for one VM: `vss` is V, `vm_disks` the VM's non-CD VDIs (xapi's DB)."""
 
     def __init__(self, client, vss, domain_path, vm_disks, take_snapshot,
-                 snapshot_timeout=SNAPSHOT_TIMEOUT, failure=None, clock=time.time):
-        if failure is not None and failure not in FAILURES:
-            raise ValueError("unknown snapwatchd failure {!r} (known: {})".format(
-                failure, ", ".join(FAILURES)))
+                 snapshot_timeout=SNAPSHOT_TIMEOUT):
         self.client = client
         self.vss = vss
         self.vm_uuid = vss.rsplit("/", 1)[-1]
         self.domain_path = domain_path
+        self.allow_key = domain_path + "/vm-data/allowvssprovider"
         self.vm_disks = list(vm_disks)
         self.take_snapshot = take_snapshot
         self.snapshot_timeout = snapshot_timeout
-        self.failure = failure
-        self.clock = clock
         self.outcomes = []
         self.failed_because = None  # why the last request was answered snapshots-failed
 
     def serve_once(self, timeout, stop=None):
         """Wait up to `timeout` s for one request and answer it; returns the outcome."""
-        if self.failure == "F13":
-            return None
         status = wait_for(self.client, self.vss + "/status",
                           lambda v: v in (protocol.CREATE_SNAPSHOTS, protocol.CREATE_SNAPSHOTINFO),
                           timeout, stop)
@@ -79,10 +70,6 @@ class Snapwatchd(object):
         """Answer requests until `stop()` is true (the simulator's thread)."""
         while not stop():
             self.serve_once(0.5, stop)
-            if self.failure == "F11" and self.outcomes:
-                # the request stays unanswered; do not spin on the unchanged status
-                wait_for(self.client, self.vss + "/status",
-                         lambda v: v != protocol.CREATE_SNAPSHOTS, 3600, stop)
 
     def _status(self, value, why=""):
         if why:
@@ -93,35 +80,26 @@ class Snapwatchd(object):
         return value if not why else "{}: {}".format(value, why)
 
     def create_snapshots(self):
-        if self.failure == "F11":
-            return "locked: nothing written"
-        allow = self.domain_path + "/vm-data/allowvssprovider"
-        value = "None" if self.failure == "F10" else self.client.read_or(allow)
+        value = self.allowvssprovider()
         if value == "None":
             return self._status(FAILED, "vm-data/allowvssprovider is None")
         if value is not None:
-            self.client.write(allow, "false")
+            self.client.write(self.allow_key, "false")
         self.client.rm(self.vss + "/snapstring")
         try:
             requested = self.client.ls(self.vss + "/snapshot")
         except XenstoreNotFound:
             requested = []
-        # A count, not a set comparison, as snapwatchd did (contract 2.11).
-        whole_vm = len(requested) == len(self.vm_disks) and self.failure != "F7"
+        whole_vm = self.whole_vm(requested)
         self.client.write(self.vss + "/snaptype", "vm" if whole_vm else "vdi")
         if not whole_vm:
             foreign = [vdi for vdi in requested if vdi not in self.vm_disks]
             if foreign:
                 return self._status(FAILED, "VDIs not of this VM: " + ", ".join(foreign))
-        if self.failure == "F8":
-            return self._status(FAILED, "snapshot not finished within {:g} s".format(
-                self.snapshot_timeout))
         try:
-            result = self._snapshot(requested, whole_vm)
+            result = self.snapshot(requested, whole_vm)
         except SnapshotFailed as error:
             return self._status(FAILED, str(error))
-        if self.failure == "F9" and result.vdis:
-            result.vdis.pop(sorted(result.vdis)[0])
         missing = [vdi for vdi in requested if vdi not in result.vdis]
         if missing:
             return self._status(FAILED, "no snapshot of VDI " + ", ".join(missing))
@@ -131,12 +109,20 @@ class Snapwatchd(object):
             self.client.write("{}/snapshot/{}/id".format(self.vss, vdi), result.vdis[vdi])
         snapuuid = result.snapuuid if whole_vm else result.vdis[requested[-1]]
         if whole_vm:
-            self.client.write(self.vss + "/snapinfo", snapinfo(self.clock(), snapuuid,
-                                                               self.vm_uuid))
+            self.client.write(self.vss + "/snapinfo",
+                              snapinfo(time.time(), snapuuid, self.vm_uuid))
         self.client.write(self.vss + "/snapuuid", snapuuid)
         return self._status(CREATED)
 
-    def _snapshot(self, requested, whole_vm):
+    def allowvssprovider(self):
+        """`D/vm-data/allowvssprovider` (sm's vss_control plugin): `None` refuses (2.8)."""
+        return self.client.read_or(self.allow_key)
+
+    def whole_vm(self, requested):
+        """Whole-VM mode: a count, not a set comparison, as snapwatchd did (contract 2.11)."""
+        return len(requested) == len(self.vm_disks)
+
+    def snapshot(self, requested, whole_vm):
         """Run take_snapshot with snapwatchd's budget; late or failed -> SnapshotFailed."""
         box = {}
 
@@ -158,8 +144,6 @@ class Snapwatchd(object):
 
     def create_snapshotinfo(self):
         """The Windows-only step (2.21-2.22); xapi uses none of it. Plugs no disk here."""
-        if self.failure == "F12":
-            return self._status("snapshotinfo-failed", "injected F12")
         return self._status("snapshotinfo-created")
 
 

@@ -2,7 +2,7 @@
 
 Current hosts no longer create `/vss/<uuid>` nor `D/vss` (xenopsd 0.129.0 removed
 them), so the dom0 companion recreates them when missing. The rest of a XAPI guest's
-home, which only the tests build, is tests/domains.py's.
+home, which only the tests build, is testbed/domains.py's.
 
 Permission lists are xenstored's: the first entry is the owner (which may do
 anything), then `r<domid>`/`w<domid>`/`b<domid>` grants; `n<domid>` as the first
@@ -12,16 +12,14 @@ def vss_path(vm_uuid):
     return "/vss/" + vm_uuid
 
 
-def ensure_vss(client, domain_path, domid, vm_uuid, recreate=False):
+def ensure_vss(client, domain_path, domid, vm_uuid):
     """`/vss/<uuid>` owned by the guest and `D/vss` pointing at it; returns V.
 
-    xenopsd removed and recreated V at every domain build (`recreate=True`); the dom0
-    companion only creates what is missing, so a V in use is never pulled away.
+    Only what is missing is created, so a V in use is never pulled away (xenopsd, which
+    removed and recreated V at every domain build, is the testbed's testbed/domains.py).
     """
     vss = vss_path(vm_uuid)
-    if recreate:
-        client.rm(vss)
-    if recreate or not client.exists(vss):
+    if not client.exists(vss):
         client.mkdir(vss)
         client.set_perms(vss, ["n{}".format(domid)])
     if client.read_or(domain_path + "/vss") != vss:

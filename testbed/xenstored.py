@@ -1,8 +1,8 @@
-"""A real xenstored (C or OCaml, Xen 4.17) on a unix socket, for tests (tier 1).
+"""A real xenstored (C or OCaml, Xen 4.17) on a unix socket, for tests and bench (tier 1).
 
 The daemons need the hypervisor; ``xenstored_shim.c``, preloaded, fakes the few
 hypervisor calls they make. The shim is compiled here with gcc, once per source
-version, into a cache directory, so no build step exists outside the tests.
+version, into a cache directory, so no build step exists outside the testbed.
 
 oxenstored has a hard-coded socket path and raises RLIMIT_NOFILE to
 /proc/sys/fs/nr_open (EPERM here), so it runs in a private mount namespace

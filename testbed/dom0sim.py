@@ -1,15 +1,16 @@
-"""The tests' dom0: a thin wrapper over the product's host roles (xe_quiesce.host).
+"""The testbed's dom0: a thin wrapper over the product's host roles (xe_quiesce.host).
 
-xenopsd builds the guest's home, snapwatchd serves in a thread with the failure to
-inject (F7-F13), and `snapshot_with_quiesce` plays XAPI. Each role has its own
-xenstore connection, as the real daemons did. Timeouts are parameters so tests stay
-short; the snapshot itself is whatever `take_snapshot` does (tests copy loop images).
+xenopsd builds the guest's home, snapwatchd serves in a thread (SNAPWATCHD says
+which: tests/faulty_snapwatchd.py's injects F7-F13), and `snapshot_with_quiesce`
+plays XAPI. Each role has its own xenstore connection, as the real daemons did.
+Timeouts are parameters so tests stay short; the snapshot itself is whatever
+`take_snapshot` does (tests and bench copy loop images).
 """
 import subprocess
 import threading
 import uuid
 
-from tests import domains
+from testbed import domains
 from xe_quiesce.host import xapi_role
 from xe_quiesce.host.snapwatchd_role import SnapshotResult, Snapwatchd
 from xe_quiesce.xenstore import XenstoreClient
@@ -38,7 +39,9 @@ def copy_images(images, before=None):
 class Dom0Sim(object):
     """One VM on a simulated XAPI host; `vdis` are its disk VDIs (one VBD each)."""
 
-    def __init__(self, uri, vdis, take_snapshot, domid=7, cdrom=True, failure=None,
+    SNAPWATCHD = Snapwatchd  # the product's; a subclass of the simulator may serve another
+
+    def __init__(self, uri, vdis, take_snapshot, domid=7, cdrom=True,
                  snapshot_timeout=5.0, vm_disks=None, timeout=5.0):
         self.uri = uri
         self.domid = domid
@@ -48,7 +51,6 @@ class Dom0Sim(object):
             self.vbds.append(domains.Vbd(CDROM_DEVID, None, "cdrom"))
         self.vm_disks = list(vdis) if vm_disks is None else list(vm_disks)
         self.take_snapshot = take_snapshot
-        self.failure = failure
         self.snapshot_timeout = snapshot_timeout
         self.timeout = timeout
         self.client = XenstoreClient(uri, timeout=timeout)
@@ -68,13 +70,16 @@ class Dom0Sim(object):
     def start_snapwatchd(self):
         client = XenstoreClient(self.uri, timeout=self.timeout)
         client.connect()
-        self.snapwatchd = Snapwatchd(client, self.vss, self.home, self.vm_disks,
-                                     self.take_snapshot, snapshot_timeout=self.snapshot_timeout,
-                                     failure=self.failure)
+        self.snapwatchd = self.make_snapwatchd(client)
         self._stop.clear()
         self._thread = threading.Thread(target=self._serve, args=(client,),
                                         name="snapwatchd", daemon=True)
         self._thread.start()
+
+    def make_snapwatchd(self, client, **options):
+        """This VM's snapwatchd on `client`; `options` are SNAPWATCHD's own."""
+        return self.SNAPWATCHD(client, self.vss, self.home, self.vm_disks, self.take_snapshot,
+                               snapshot_timeout=self.snapshot_timeout, **options)
 
     def _serve(self, client):
         try:

@@ -1,13 +1,13 @@
 """The guest daemon `xe-quiesce run` as its own process, as systemd runs it.
 
-Shared by the xenstore tests and the demo, so both exercise the real command line.
+Shared by the xenstore tests, the demo and the bench, so all exercise the real command line.
 """
 import os
 import signal
 import subprocess
 import sys
 
-from tests.waiting import wait_until
+from testbed.waiting import wait_until
 
 
 class GuestDaemon(object):

@@ -1,4 +1,4 @@
-"""Polling for a condition in tests, with a deadline and a message saying what failed."""
+"""Polling for a condition in tests and bench, with a deadline and a message saying what failed."""
 import time
 
 

@@ -1,6 +1,6 @@
-"""Real filesystems on loop devices for tests: created, mounted, always torn down.
+"""Real filesystems on loop devices for tests and bench: created, mounted, always torn down.
 
-Images are sparse files in the test's temporary folder on the machine's root
+Images are sparse files in the caller's temporary folder on the machine's root
 filesystem, which no test ever freezes.
 """
 import errno

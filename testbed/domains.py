@@ -1,4 +1,4 @@
-"""A XAPI guest's home in xenstore, as xenopsd/XAPI lay it out, for the tests' dom0.
+"""A XAPI guest's home in xenstore, as xenopsd/XAPI lay it out, for the testbed's dom0.
 
 The product's dom0 companion only ever recreates `/vss/<uuid>` and `D/vss`
 (xe_quiesce/host/xenopsd.py); the rest of a home (domid, vm, guest-owned
@@ -8,7 +8,7 @@ here, for the simulator and the host tests.
 import collections
 import uuid
 
-from xe_quiesce.host.xenopsd import ensure_vss
+from xe_quiesce.host.xenopsd import ensure_vss, vss_path
 
 # Nodes xenopsd makes guest-owned in the domain's home (guest-tools doc section 2.6).
 GUEST_WRITABLE = ("device", "error", "drivers", "control", "attr", "data", "messages",
@@ -32,7 +32,8 @@ def build_domain(client, domid, vm_uuid, name, vbds):
         client.set_perms("{}/{}".format(home, node), guest_owned)
     for vbd in vbds:
         plug_vbd(client, home, domid, vbd)
-    return home, ensure_vss(client, home, domid, vm_uuid, recreate=True)
+    client.rm(vss_path(vm_uuid))  # xenopsd recreated V at every domain build
+    return home, ensure_vss(client, home, domid, vm_uuid)
 
 
 def backend_path(domid, devid):
