@@ -70,8 +70,8 @@ def xe_quiesce():
 @pytest.fixture
 def xo(xenstored, loopfs, write_config, tmp_path):
     """The real daemon with its XO sync hook on, over the test xenstored and two loop
-    filesystems (tests/test_xo_and_control.XoRig); stopped at teardown."""
-    from tests.test_xo_and_control import XoRig
+    filesystems (tests/triggers/test_xo_and_control.XoRig); stopped at teardown."""
+    from tests.triggers.test_xo_and_control import XoRig
 
     rig = XoRig(xenstored, loopfs, write_config, tmp_path)
     yield rig

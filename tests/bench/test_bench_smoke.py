@@ -15,8 +15,8 @@ import pytest
 
 from bench.report import Report
 from bench.run import TRIGGERS, Bench
+from tests import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SYSTEM_PYTHON = "/usr/bin/python3"
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (loop devices, FIFREEZE)")

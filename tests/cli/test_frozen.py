@@ -2,10 +2,9 @@
 
 COMMAND is a small Python probe (its own process, as an admin's backup command is) that
 records, from inside the window, whether the filesystems are frozen and what its
-environment says; the daemon case is in test_xo_and_control.py.
+environment says; the daemon case is in tests/triggers/test_xo_and_control.py.
 """
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,9 +13,8 @@ import pytest
 
 from testbed.loopfs import is_frozen
 from testbed.waiting import wait_until
+from tests import REPO
 from xe_quiesce.cli import frozen as cli_frozen
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 PROBE = r"""
 import json, os, signal, sys, time

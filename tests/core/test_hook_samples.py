@@ -15,11 +15,12 @@ import time
 import pytest
 
 from testbed.loopfs import LoopFs, is_frozen
+from tests import REPO
 from xe_quiesce.config import load_config
 from xe_quiesce.core.hooks import HookSet
 from xe_quiesce.core.session import QuiesceSession
 
-SAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+SAMPLES = os.path.join(REPO,
                        "samples", "hooks")
 PG_BIN = "/usr/lib/postgresql/15/bin"
 

@@ -1,7 +1,7 @@
 """The fault suite's xenstore rig (the xenstore tests' own; the XO rig is in
 tests/conftest.py) and its figures, printed after the test summary."""
 from tests.fuzz.figures import lines
-from tests.test_guest_agent import rig  # noqa: F401 (a fixture)
+from tests.triggers.test_xapi import rig  # noqa: F401 (a fixture)
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -2,7 +2,7 @@
 control socket's timeout checked where it is served.
 
 The daemon is the real `xe-quiesce run` on a real xenstored with two loop filesystems
-(tests/test_xo_and_control.py's rig); XO's requests are real HTTPS.
+(tests/triggers/test_xo_and_control.py's rig); XO's requests are real HTTPS.
 """
 import json
 import os

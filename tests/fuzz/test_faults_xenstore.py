@@ -2,7 +2,7 @@
 that is missing or another domain's, garbage in V/status while frozen. Each is a clear
 `snapshot-error`, the daemon keeps serving, and nothing is frozen for a bad request.
 
-Real C xenstored, the daemon as its own process (tests/test_guest_agent.py's rig);
+Real C xenstored, the daemon as its own process (tests/triggers/test_xapi.py's rig);
 snapwatchd is silent (F13), so only the values planted here ever answer V/status.
 """
 import random
@@ -13,7 +13,7 @@ import pytest
 
 from testbed.waiting import wait_until
 from tests.fuzz import figures
-from tests.test_guest_agent import plant
+from tests.triggers.test_xapi import plant
 from xe_quiesce.host.xapi_role import FAILED, XapiError
 
 REQUEST_KEYS = ("vss", "device/vbd/51712/device-type", "device/vbd/51712/backend",

@@ -25,10 +25,10 @@ import XenAPI
 from testbed import domains
 from testbed.guestd import GuestDaemon
 from testbed.loopfs import is_frozen
+from tests import REPO
 from tests.xapi_server import NULL, FakeXapi
 from xe_quiesce.xenstore import XenstoreClient
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLUGIN = os.path.join(REPO, "host-plugin", "xe-quiesce")
 CACHE = "/var/cache/xe-quiesce/host"
 DOMID = 7

@@ -19,8 +19,8 @@ import XenAPI
 
 from testbed.guestd import GuestDaemon
 from testbed.waiting import wait_until
-from tests.test_host_companion import Host, xenapi_plugin_dir  # noqa: F401 (fixture)
-from tests.test_xo_requests import exchange, get, tls_socket
+from tests.host.test_companion import Host, xenapi_plugin_dir  # noqa: F401 (fixture)
+from tests.triggers.test_xo_requests import exchange, get, tls_socket
 from tests.xapi_server import NULL
 from xe_quiesce.https import HEADER_LIMIT
 

@@ -1,6 +1,6 @@
 """`xe-quiesce-host check --all` and the plugin's `check` with `all`: the pool's coverage.
 
-Real parts as in test_host_companion.py: the command as a subprocess, the plugin
+Real parts as in tests/host/test_companion.py: the command as a subprocess, the plugin
 script run by the test XAPI as XAPI runs it (on the other host with that host's
 inventory: its VMs come from there), the guest daemon for the VM with the agent.
 """
@@ -12,8 +12,8 @@ import pytest
 import XenAPI
 
 from testbed import domains
-from tests.test_host_companion import PLUGIN, run_cli, xenapi_plugin_dir  # noqa: F401
-from tests.test_relay import relay_host_fixture  # noqa: F401 (the host fixture)
+from tests.host.test_companion import PLUGIN, run_cli, xenapi_plugin_dir  # noqa: F401
+from tests.host.test_relay import relay_host_fixture  # noqa: F401 (the host fixture)
 from tests.xapi_server import NULL
 from xe_quiesce.host.fleet import GUEST_LISTENER, NONE, RELAY, age, xo_trigger
 

@@ -8,8 +8,8 @@ detached /post-sync. The relay, the guest daemon, xenstored: as in test_relay.py
 import pytest
 
 from testbed.waiting import wait_until
-from tests.test_host_companion import xenapi_plugin_dir  # noqa: F401 (fixture)
-from tests.test_relay import (  # noqa: F401 (the host fixture)
+from tests.host.test_companion import xenapi_plugin_dir  # noqa: F401 (fixture)
+from tests.host.test_relay import (  # noqa: F401 (the host fixture)
     ALLOW_LOCAL,
     freeze_hook,
     other_host_relay,

@@ -24,6 +24,7 @@ from testbed.dom0sim import Dom0Sim
 from testbed.guestd import GuestDaemon
 from testbed.loopfs import is_frozen
 from testbed.waiting import wait_until
+from tests import REPO
 from xe_quiesce.host.snapwatchd_role import SnapshotResult
 
 SECRET = b"s3cret-for-xo"
@@ -208,7 +209,6 @@ def test_cli_frozen_runs_the_command_inside_the_daemons_session(xo):
     holds the freeze (its own `status` says so), the thaw follows its exit, and its exit
     status is ours."""
     xo.start()
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     command = ("import json, subprocess, sys\n"
                "sys.path.insert(0, {!r})\n"
                "from testbed.loopfs import is_frozen\n"
@@ -216,7 +216,7 @@ def test_cli_frozen_runs_the_command_inside_the_daemons_session(xo):
                "'--json', '--config', {!r}], stdout=subprocess.PIPE, check=True).stdout\n"
                "print(json.dumps([json.loads(status)['daemon']['held_by_daemon'], "
                "[is_frozen(p) for p in {!r}]]))\n"
-               "sys.exit(5)\n").format(repo, xo.config, xo.mounts)
+               "sys.exit(5)\n").format(REPO, xo.config, xo.mounts)
     result = subprocess.run(
         [sys.executable, "-m", "xe_quiesce.cli", "frozen", "--config", xo.config, "--",
          sys.executable, "-B", "-c", command], stdout=subprocess.PIPE,

@@ -7,7 +7,7 @@ deterministic where a real client's timing could not be.
 import pytest
 
 from testbed.loopfs import is_frozen
-from tests.test_hooks import Bed
+from tests.core.test_hooks import Bed
 from xe_quiesce.core.cancel import AbandonedError, Cancel
 from xe_quiesce.core.session import QuiesceSession
 

@@ -9,8 +9,8 @@ import json
 
 import pytest
 
-from tests.test_hooks import Bed
-from tests.test_xo_and_control import SECRET
+from tests.core.test_hooks import Bed
+from tests.triggers.test_xo_and_control import SECRET
 from tests.xo.client import XoRun, run
 from xe_quiesce.triggers.xo_tag import TAG, advice, xo_address
 
