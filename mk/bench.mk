@@ -9,7 +9,7 @@
 #   make bench-quick   3 repetitions, 10 s idle, 20 agents, into artifacts/bench-quick/
 # qemu-guest-agent and python3-matplotlib (Debian's, used by /usr/bin/python3 for the
 # plots only) are installed here, for the bench alone. Not part of `make test`;
-# tests/test_bench_smoke.py keeps the code paths working there.
+# tests/bench/test_bench_smoke.py keeps the code paths working there.
 BENCH_APT := qemu-guest-agent python3-matplotlib
 BENCH_APT_STAMP := /var/cache/xe-quiesce/bench/apt.stamp
 
