@@ -108,9 +108,12 @@ def plan_inputs(freeze_cfg, mounts):
                  if _table_reason(entries, listed) is None for entry in entries)
 
 
-def discover(freeze_cfg, root="/"):
-    """Classify every mounted superblock under `root` (a captured tree in tests)."""
-    topology = BlockTopology(root=root)
+def discover(freeze_cfg, root="/", topology=None):
+    """Classify every mounted superblock under `root` (a captured tree in tests).
+
+    `topology`: the block stack the plan orders by too (session.make_plan), so sysfs is
+    walked once per plan; by default one of its own under `root`."""
+    topology = topology or BlockTopology(root=root)
     mounts = read_mountinfo(root)
     candidates, skipped = [], []
     listed = _listed(freeze_cfg)

@@ -35,11 +35,12 @@ END_LEVELS = {record.THAWED: logging.INFO, record.DEADLINE_THAWED: logging.WARNI
 
 def make_plan(config, root="/"):
     """Discover and order what a session of this configuration would freeze."""
+    topology = BlockTopology(root=root)
     try:
-        discovery = discover(config.freeze, root=root)
+        discovery = discover(config.freeze, root=root, topology=topology)
     except ConfigError as error:  # "[freeze] mounts: /x is not a mount point"
         raise config.located(error)
-    return build_plan(discovery, BlockTopology(root=root))
+    return build_plan(discovery, topology)
 
 
 def busy_message(state):
