@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 
+from testbed.waiting import stop_process
 from xe_quiesce.linux.fsops import FIFREEZE, FITHAW
 
 
@@ -195,10 +196,5 @@ class QemuGa(object):
             self.reader.close()
             self.sock.close()
             self.sock = None
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_process(self.process, 10)

@@ -19,6 +19,8 @@ import subprocess
 import tempfile
 import time
 
+from testbed.waiting import stop_process
+
 BIN_DIR = "/usr/lib/xen-4.17/bin"
 SHIM_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "xenstored_shim.c")
 # Version nodes the daemons' references ask for (see the shim's header comment).
@@ -190,12 +192,7 @@ class Xenstored:
             return
         if self.proc.poll() is None:
             self.resume()
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 5)
         self.proc = None
 
     def kill(self):

@@ -15,6 +15,7 @@ import time
 import pytest
 
 from testbed.loopfs import LoopFs, is_frozen
+from testbed.waiting import stop_process
 from tests import REPO
 from xe_quiesce.config import load_config
 from xe_quiesce.core.hooks import HookSet
@@ -136,12 +137,7 @@ class MariaDB(object):
 
     def stop(self):
         if self.process:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+            stop_process(self.process, 30)
 
     def argv(self, query):
         return ["mysql", "--socket=" + self.socket, "--batch", "--skip-column-names",
