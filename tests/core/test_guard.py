@@ -290,3 +290,26 @@ def test_with_the_guard_gone_the_next_freeze_is_refused(service, tmp_path):
         held.release(5)
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize("held_knob, after", [(True, "0"), (False, "1")])
+def test_an_owner_gone_while_holding_rcu_expedited_has_the_guard_put_it_back(
+        service, tmp_path, held_knob, after):
+    """The owner dies between setting the knob and its FIFREEZEs' return: the guard, told
+    by the shared flag, writes the 0 back; a knob the owner gave back is not touched."""
+    knob = tmp_path / "rcu_expedited"
+    knob.write_text("1")
+    fd = os.open(str(tmp_path), os.O_RDONLY | os.O_DIRECTORY)
+    report = str(tmp_path / "guard.json")
+    try:
+        held = service.arm([fd], [str(tmp_path)], time.time() + 60, report, "rcu",
+                           rcu_knob=str(knob))
+        held.expediting(True)
+        if not held_knob:
+            held.expediting(False)
+        held._close()  # as at the owner's death: EOF without "X"
+        wait_until(lambda: report_of(report), 5, "the guard's owner-exited pass")
+        assert report_of(report)["reason"] == "owner-exited"
+        assert knob.read_text() == after
+    finally:
+        os.close(fd)

@@ -28,7 +28,10 @@ its first two fds, the session's own socket and its flags, every packet with "po
 and their fds. The flags are one byte per fd in a shared page (an unlinked file in the
 run directory, mapped by both): the owner sets byte i before it freezes fd i and clears
 it when fd i is not ours after all (EOPNOTSUPP, tolerated EBUSY, error). A memory write,
-so the guard is not woken beside a FIFREEZE; it reads the flags when it acts. On the
+so the guard is not woken beside a FIFREEZE; it reads the flags when it acts. One more
+byte, after the fds', is set while the owner holds the kernel's rcu_expedited knob at 1
+(linux/rcu.py); the header's "rcu" names the knob, and a guard that acts while that byte
+is set puts the knob back to 0. On the
 session's socket: the guard answers "armed"; the owner sends "D" when it exits on purpose
 and leaves the deadline to the guard (CLI freeze), "X" when released (the guard closes
 the session's fds, then its end of the socket: the owner sees EOF). The guard exits once
@@ -48,6 +51,7 @@ import threading
 import time
 
 from ..errors import FreezeError
+from ..linux import rcu
 from ..linux.fsops import FsOps
 
 START_TIMEOUT = 10.0
@@ -96,16 +100,20 @@ class Guard(object):
         self._lock = threading.Lock()
 
     @classmethod
-    def start(cls, fds, mount_points, deadline, report_path, session_id, service=None):
+    def start(cls, fds, mount_points, deadline, report_path, session_id, service=None,
+              rcu_knob=None):
         """Arm a guard for `fds` (in freeze order); returns once it holds them.
 
         `service` is the daemon's guard; without one, a guard is spawned for this session
-        alone (it exits when the session ends)."""
+        alone (it exits when the session ends). `rcu_knob`: the rcu_expedited file this
+        session may set (see `expediting`)."""
         if service is not None:
-            return service.arm(fds, mount_points, deadline, report_path, session_id)
+            return service.arm(fds, mount_points, deadline, report_path, session_id,
+                               rcu_knob)
         program = GuardProgram.spawn()
         try:
-            return program.arm(fds, mount_points, deadline, report_path, session_id)
+            return program.arm(fds, mount_points, deadline, report_path, session_id,
+                               rcu_knob)
         finally:
             program.close()
 
@@ -123,6 +131,12 @@ class Guard(object):
         with self._lock:
             if self._sock is not None:
                 self._flags[index] = 0
+
+    def expediting(self, held):
+        """The owner holds (True) or gave back (False) the rcu_expedited knob."""
+        with self._lock:
+            if self._sock is not None:
+                self._flags[len(self._flags) - 1] = 1 if held else 0
 
     def release(self, wait):
         """Everything is thawed by the owner; returns once the guard closed its fds (they
@@ -187,13 +201,13 @@ class GuardProgram(object):
             theirs.close()
         return cls(process, ours)
 
-    def arm(self, fds, mount_points, deadline, report_path, session_id):
+    def arm(self, fds, mount_points, deadline, report_path, session_id, rcu_knob=None):
         mine, guards = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         flags_fd = flags = None
         try:
-            flags_fd, flags = _shared_flags(report_path + ".flags", len(fds))
+            flags_fd, flags = _shared_flags(report_path + ".flags", _flags_size(len(fds)))
             header = {"session": session_id, "deadline": deadline, "report": report_path,
-                      "count": len(fds)}
+                      "count": len(fds), "rcu": rcu_knob}
             for start in range(0, max(len(fds), 1), FDS_PER_PACKET):
                 payload = dict(header) if start == 0 else {}
                 payload["points"] = list(mount_points[start:start + FDS_PER_PACKET])
@@ -222,13 +236,17 @@ class GuardProgram(object):
         self.sock.close()
 
 
-def _shared_flags(path, count):
-    """(fd, mapping) of `count` zero bytes in an unlinked file (the run directory is a
+def _flags_size(count):
+    """One byte per fd, and the rcu_expedited byte."""
+    return count + 1
+
+
+def _shared_flags(path, size):
+    """(fd, mapping) of `size` zero bytes in an unlinked file (the run directory is a
     tmpfs), touched now so that setting a flag never faults a page in."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         os.unlink(path)
-        size = max(count, 1)
         os.ftruncate(fd, size)
         flags = mmap.mmap(fd, size)
     except BaseException:
@@ -277,12 +295,12 @@ class GuardService(object):
                 except FreezeError:
                     self._program = None  # the next session tries again, and says why
 
-    def arm(self, fds, mount_points, deadline, report_path, session_id):
+    def arm(self, fds, mount_points, deadline, report_path, session_id, rcu_knob=None):
         with self._lock:
             if self._program is None:
                 self._program = self._spawn()
             program = self._program
-        return program.arm(fds, mount_points, deadline, report_path, session_id)
+        return program.arm(fds, mount_points, deadline, report_path, session_id, rcu_knob)
 
     def stop(self):
         """Close the guard's socket: it exits once its sessions are over."""
@@ -311,6 +329,7 @@ class _Armed(object):
         self.session_id = header["session"]
         self.deadline = time.monotonic() + (header["deadline"] - time.time())
         self.report_path = header["report"]
+        self.rcu_knob = header.get("rcu")
         self.sock = sock
         self.flags = flags
         self.fds = fds
@@ -327,6 +346,12 @@ class _Armed(object):
 
     def announced(self):
         return [index for index in range(len(self.fds)) if self.flags[index]]
+
+    def restore_rcu(self):
+        """The owner still holds rcu_expedited at 1 and we are acting for it: put it back."""
+        if self.rcu_knob and self.flags[len(self.fds)]:
+            rcu.restore(self.rcu_knob)
+            self.flags[len(self.fds)] = 0
 
     def close(self):
         for fd in self.fds:
@@ -410,7 +435,7 @@ class GuardProcess(object):
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET, 0, fds.pop(0))
             flags_fd = fds.pop(0)
             try:
-                flags = mmap.mmap(flags_fd, max(header["count"], 1))
+                flags = mmap.mmap(flags_fd, _flags_size(header["count"]))
             finally:
                 os.close(flags_fd)
             points = list(header["points"])
@@ -460,6 +485,7 @@ class GuardProcess(object):
             armed.report = {"session": armed.session_id, "reason": reason, "at": time.time(),
                             "thawed": [], "not_frozen": [], "errors": {}}
         report = armed.report
+        armed.restore_rcu()
         acted = False
         for index in reversed(armed.announced()):
             point = armed.points[index]
