@@ -91,6 +91,7 @@ SCHEMA = {
         "on-ebusy": (_choice("fail", "tolerate"), "fail"),
         "sync-first": (_bool, True),
         "concurrent": (_bool, True),
+        "expedite-rcu": (_bool, True),
     },
     "hooks": {
         "dir": (_text, "/etc/xe-quiesce/hooks.d"),

@@ -384,3 +384,59 @@ def test_threads_started_for_a_freeze_that_never_comes_end_and_freeze_nothing(
     assert not any(thread.is_alive() for thread in workers)
     assert not is_frozen(a.mount_point) and not is_frozen(b.mount_point)
     assert [state.status for state in freezer.states] == [NOT_ATTEMPTED, NOT_ATTEMPTED]
+
+
+REAL_KNOB = "/sys/kernel/rcu_expedited"
+
+
+def real_knob():
+    with open(REAL_KNOB) as handle:
+        return handle.read().strip()
+
+
+class KnobWatchingOps(FsOps):
+    """The real kernel calls, noting the real rcu_expedited knob at each FIFREEZE."""
+
+    def __init__(self):
+        self.seen = []
+
+    def freeze(self, fd):
+        self.seen.append(real_knob())
+        FsOps.freeze(self, fd)
+
+
+@pytest.mark.parametrize("setting, during", [("yes", "1"), ("no", "0")])
+@pytest.mark.parametrize("count", [1, 3])
+def test_rcu_grace_periods_are_expedited_only_while_the_fifreezes_run(
+        loopfs, config_for, setting, during, count):
+    """The machine's knob is 1 at every FIFREEZE (one or several threads) and 0 again
+    once they returned, before the hold; `expedite-rcu = no` leaves it at 0."""
+    if real_knob() != "0" or not os.access(REAL_KNOB, os.W_OK):
+        pytest.skip("this machine's rcu_expedited is not a free 0")
+    mounts = [loopfs("ext4", name="r{}".format(i)).mount_point for i in range(count)]
+    ops = KnobWatchingOps()
+    session = QuiesceSession(config_for(mounts, extra="expedite-rcu = " + setting), "cli",
+                             hooks=False, ops=ops)
+    session.start()
+    try:
+        assert real_knob() == "0"
+        assert ops.seen == [during] * count
+    finally:
+        session.thaw()
+    assert real_knob() == "0"
+
+
+def test_a_failed_freeze_gives_the_rcu_knob_back(loopfs, config_for):
+    fs = loopfs("ext4")
+    if real_knob() != "0" or not os.access(REAL_KNOB, os.W_OK):
+        pytest.skip("this machine's rcu_expedited is not a free 0")
+    ops = FsOps()
+    fd = ops.open(fs.mount_point)
+    ops.freeze(fd)  # someone else's freeze: ours fails with EBUSY
+    try:
+        with pytest.raises(FreezeError, match="already frozen"):
+            QuiesceSession(config_for([fs.mount_point]), "cli", hooks=False).start()
+        assert real_knob() == "0"
+    finally:
+        ops.thaw(fd)
+        ops.close(fd)

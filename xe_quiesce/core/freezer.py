@@ -6,6 +6,8 @@ filesystem is `syncfs`ed while applications still run (a freeze then has little 
 flush). Filesystems the plan does not order are frozen concurrently, one thread each;
 those threads are started for the syncfs pass and then wait for the freeze, so no thread
 is started inside the window and none twice per filesystem.
+While the FIFREEZE calls run, and only then, the kernel's RCU grace periods are
+expedited (linux/rcu.py): most of a clean filesystem's FIFREEZE is waiting for them.
 Thaw is in reverse plan order through the same fds, and only of what this session froze:
 a filesystem someone else had frozen (tolerated EBUSY) stays theirs.
 """
@@ -17,6 +19,7 @@ import time
 from ..errors import FreezeError
 from ..linux.fsops import FsOps
 from ..linux.mountinfo import devno_of
+from ..linux.rcu import ExpeditedRcu
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +49,11 @@ def _errname(error):
 
 
 class Freezer(object):
-    def __init__(self, plan, ops=None, sync_first=True, concurrent=True, on_ebusy="fail"):
+    def __init__(self, plan, ops=None, sync_first=True, concurrent=True, on_ebusy="fail",
+                 rcu=None):
         self.plan = plan
         self.ops = ops or FsOps()
+        self.rcu = rcu or ExpeditedRcu(wanted=False)
         self.sync_first = sync_first
         self.concurrent = concurrent
         self.on_ebusy = on_ebusy
@@ -139,16 +144,15 @@ class Freezer(object):
         freezes run in the threads sync() started.
         """
         self._guard = guard
-        if not self._workers:
-            for state in self.states:
-                self._freeze_one(state)
-        else:
-            self._go.set()
-            for thread in self._workers:
-                thread.join(max(0.0, deadline - time.time()))
-            self._threads = [thread for thread in self._workers if thread.is_alive()]
-            if self._threads:  # the deadline: those still waiting their turn must not go on
-                self._abort.set()
+        if self.rcu.ours:
+            guard.expediting(True)  # first: if we die holding the knob, the guard restores it
+            self.rcu.engage()
+        try:
+            self._freeze_all(deadline)
+        finally:
+            if self.rcu.ours:
+                self.rcu.release()
+                guard.expediting(False)
         stuck = [state for state in self.states if state.status == NOT_ATTEMPTED
                  and state.freeze_start is not None]
         failed = [state for state in self.states if state.status == FAILED] + stuck
@@ -167,6 +171,20 @@ class Freezer(object):
                 log.warning("%s was already frozen by someone else; left to them "
                             "(on-ebusy = tolerate)", state.mount_point)
         return self.frozen()
+
+    def _freeze_all(self, deadline):
+        """Every FIFREEZE, here or in the sync pass's threads; returns when all returned or
+        the deadline passed."""
+        if not self._workers:
+            for state in self.states:
+                self._freeze_one(state)
+            return
+        self._go.set()
+        for thread in self._workers:
+            thread.join(max(0.0, deadline - time.time()))
+        self._threads = [thread for thread in self._workers if thread.is_alive()]
+        if self._threads:  # the deadline: those still waiting their turn must not go on
+            self._abort.set()
 
     def _freeze_one(self, state):
         for devno in self.plan.prerequisites[state.fs.devno]:

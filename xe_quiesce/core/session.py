@@ -18,6 +18,7 @@ from ..errors import BusyError, ConfigError, FreezeError, HookError, QuiesceErro
 from ..linux import procs
 from ..linux.blockdev import BlockTopology
 from ..linux.fsops import FsOps
+from ..linux.rcu import ExpeditedRcu
 from . import logbuffer, record
 from .cancel import AbandonedError
 from .discovery import discover
@@ -170,16 +171,18 @@ class QuiesceSession(object):
     def _freeze(self):
         if time.time() >= self.state["deadline"]:
             raise FreezeError("the session deadline passed before freezing")
+        rcu = ExpeditedRcu(wanted=self.config.freeze.expedite_rcu)
         self.freezer = Freezer(self.plan, ops=self.ops,
                                sync_first=self.config.freeze.sync_first,
                                concurrent=self.config.freeze.concurrent,
-                               on_ebusy=self.config.freeze.on_ebusy)
+                               on_ebusy=self.config.freeze.on_ebusy, rcu=rcu)
         self.freezer.open()
         self.freezer.sync()
         self.guard = Guard.start(self.freezer.fds, self.freezer.mount_points,
                                  self.state["deadline"],
                                  self.journal.guard_report_path(self.session_id),
-                                 self.session_id, service=self.guards)
+                                 self.session_id, service=self.guards,
+                                 rcu_knob=rcu.path if rcu.ours else None)
         if self.state["guard_process"] != self.guard.identity:
             self.state.note(guard_process=self.guard.identity)
             self.journal.write(self.state)
