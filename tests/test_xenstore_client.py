@@ -16,6 +16,7 @@ from pyxs.exceptions import PyXSError
 
 from testbed.waiting import wait_until
 from xe_quiesce.xenstore import (
+    READS_IN_FLIGHT,
     XenstoreClient,
     XenstoreConnectionError,
     XenstoreError,
@@ -59,6 +60,7 @@ def exercise_api(c, base):
     assert c.read_or(f"{base}/nope", "dflt") == "dflt"
     with pytest.raises(XenstoreNotFound):
         c.read(f"{base}/nope")
+    exercise_read_all(c, f"{base}/many")
     c.set_perms(f"{base}/a", ["n5", "r0"])
     assert c.get_perms(f"{base}/a") == ["n5", "r0"]
     assert c.get_domain_path(5) == "/local/domain/5"
@@ -66,6 +68,22 @@ def exercise_api(c, base):
     c.rm(f"{base}/a")  # ENOENT is ignored
     assert not c.exists(f"{base}/a")
     assert c.ls(f"{base}/dir") == []
+
+
+def exercise_read_all(c, base):
+    """Pipelined reads: more than one group in flight, answers in the order asked, a
+    missing node and a garbage value in the middle not shifting the others."""
+    paths = [f"{base}/{i}" for i in range(2 * READS_IN_FLIGHT + 3)]
+    for i, path in enumerate(paths):
+        c.write(path, str(i))
+    c.write_bytes(f"{base}/bad", b"\xff\xfe")
+    middle = READS_IN_FLIGHT - 1  # the garbage and the missing node straddle a group
+    got = c.read_all(paths[:middle] + [f"{base}/bad", f"{base}/nope"] + paths[middle:])
+    assert got[:middle] + got[middle + 2:] == [str(i) for i in range(len(paths))]
+    assert isinstance(got[middle], XenstoreValueError) and "not text" in str(got[middle])
+    assert got[middle + 1] is None
+    assert c.read_all([]) == []
+    c.rm(base)
 
 
 def exercise_watch(c, base):
@@ -420,6 +438,27 @@ def test_read_in_flight_at_a_drop_is_resent(xenbus_emulator, xenstored):
     emulator.drop()
     pending["thread"].join(5)
     assert pending.get("result") == "1", pending
+    assert reads() == 2
+    guest.close()
+
+
+def test_pipelined_reads_in_flight_at_a_drop_are_all_resent(xenbus_emulator, xenstored):
+    emulator = xenbus_emulator(events_first=True, hold=1.0)
+    guest = bus_client(emulator, timeout=5.0)
+    paths = ["/V/p{}".format(i) for i in range(READS_IN_FLIGHT + 4)]
+    with XenstoreClient(xenstored.uri) as dom0:
+        for i, path in enumerate(paths):
+            dom0.write(path, str(i))
+
+    def reads():
+        with open(xenstored.trace_path) as trace:
+            return trace.read().count("READ (/V/p0 )")
+
+    pending = in_background(lambda: guest.read_all(paths))
+    wait_until(lambda: reads() == 1, 5.0, "xenstored to get the first group")
+    emulator.drop()
+    pending["thread"].join(10)
+    assert pending.get("result") == [str(i) for i in range(len(paths))], pending
     assert reads() == 2
     guest.close()
 

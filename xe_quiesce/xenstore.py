@@ -13,7 +13,10 @@ and permission checks) and owns the connection and the routing itself:
 
 - one request in flight at a time; the reply is the next packet of the request's
   type (or ERROR), whatever its req_id; WATCH_EVENT packets go to the event queue
-  whatever order they come in;
+  whatever order they come in. The one exception is ``read_all``: reads, which have
+  no effect, go READS_IN_FLIGHT at a time and their replies are taken in order
+  (xenstored answers one connection's requests in order, and the Linux device queues
+  the replies of one open file in the order they come);
 - every request has a deadline (``timeout``) and raises ``XenstoreTimeout`` after it.
   A timed-out connection is closed, so a late reply can never be taken as the answer
   to a later request;
@@ -59,6 +62,9 @@ _HEADER = Packet._struct  # four native uint32: type, req_id, tx_id, len
 _EVENT_QUEUE_MAX = 4096
 _BACKOFF_FIRST = 0.05
 _BACKOFF_MAX = 1.0
+# read_all's requests in flight at once: well under the outstanding-request quota of
+# C xenstored (-Q outstanding, 20 by default since XSA-326) a domain may have.
+READS_IN_FLIGHT = 16
 # An unbounded wait_event still gives up reconnecting after this long, so that its
 # caller can look at its stop flag while xenstore is unreachable.
 _RECONNECT_STEP = 1.0
@@ -283,6 +289,24 @@ def _token(token):
     return raw
 
 
+def _payload(op, what, reply):
+    """A reply packet's payload, or the XenstoreError its ERROR names."""
+    if reply[0] == Op.ERROR:
+        code = reply[3].rstrip(NUL).decode("ascii", "replace")
+        number = getattr(errno, code, None)
+        reason = f" ({os.strerror(number)})" if isinstance(number, int) else ""
+        raise _ERRORS.get(code, XenstoreError)(
+            f"xenstore {Op._fields[op]} {what}: {code}{reason}", code)
+    return reply[3]
+
+
+def _text(path, raw):
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise XenstoreValueError(f"value of {path} is not text: {raw[:64]!r}")
+
+
 class XenstoreClient:
     """A single-threaded xenstore client over xenbus or a xenstored unix socket."""
 
@@ -391,15 +415,24 @@ class XenstoreClient:
     # -- requests --------------------------------------------------------------
 
     def _transact(self, op, payload, deadline):
-        """Send one request on the open channel and return its reply packet.
+        """Send one request on the open channel and return its reply packet."""
+        return self._transact_all(op, [payload], deadline)[0]
 
-        The reply is the first non-event packet of the request's type or ERROR:
-        req_id is not trusted (0 for made-up WATCH replies, a kernel counter on
-        4.11-era kernels). Raises _Dropped or XenstoreTimeout.
+    def _transact_all(self, op, payloads, deadline):
+        """Send requests on the open channel, then return their reply packets in order.
+
+        A reply is the first non-event packet of the request's type or ERROR: req_id
+        is not trusted (0 for made-up WATCH replies, a kernel counter on 4.11-era
+        kernels). Raises _Dropped or XenstoreTimeout.
         """
-        self._next_rq_id = self._next_rq_id % 0xFFFFFFFF + 1
-        rq_id = self._next_rq_id
-        self._channel.send(Packet(op, payload, rq_id, 0), deadline)
+        sent = []
+        for payload in payloads:
+            self._next_rq_id = self._next_rq_id % 0xFFFFFFFF + 1
+            sent.append(self._next_rq_id)
+            self._channel.send(Packet(op, payload, self._next_rq_id, 0), deadline)
+        return [self._reply(op, rq_id, deadline) for rq_id in sent]
+
+    def _reply(self, op, rq_id, deadline):
         while True:
             try:
                 packet = self._channel.recv(deadline)
@@ -429,12 +462,16 @@ class XenstoreClient:
             raise XenstoreValueError(
                 f"{Op._fields[op]} {what}: request of {len(payload)} bytes exceeds the "
                 f"{PAYLOAD_MAX}-byte xenstore limit")
+        return _payload(op, what, self._exchange(op, what, [payload])[0])
+
+    def _exchange(self, op, what, payloads):
+        """Send the requests and return their reply packets, reconnecting as needed;
+        after a drop they are sent again only if safe (see the module's docstring)."""
         deadline = time.monotonic() + self.timeout
         while True:
             self._ensure_connected(deadline)
             try:
-                reply = self._transact(op, payload, deadline)
-                break
+                return self._transact_all(op, payloads, deadline)
             except _Dropped as exc:
                 LOG.warning("xenstore connection lost during %s %s: %s",
                             Op._fields[op], what, exc)
@@ -448,13 +485,6 @@ class XenstoreClient:
             except XenstoreTimeout:
                 self._drop()
                 raise
-        if reply[0] == Op.ERROR:
-            code = reply[3].rstrip(NUL).decode("ascii", "replace")
-            number = getattr(errno, code, None)
-            reason = f" ({os.strerror(number)})" if isinstance(number, int) else ""
-            raise _ERRORS.get(code, XenstoreError)(
-                f"xenstore {Op._fields[op]} {what}: {code}{reason}", code)
-        return reply[3]
 
     def _register(self, path, token, deadline):
         """Send WATCH on the open channel (used at re-registration time)."""
@@ -550,11 +580,27 @@ class XenstoreClient:
     def read(self, path):
         """The value of ``path`` as text; raises ``XenstoreNotFound``, or
         ``XenstoreValueError`` if the value is not UTF-8."""
-        raw = self.read_bytes(path)
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise XenstoreValueError(f"value of {path} is not text: {raw[:64]!r}")
+        return _text(path, self.read_bytes(path))
+
+    def read_all(self, paths):
+        """The values of ``paths`` as ``read_or`` gives them, READS_IN_FLIGHT requests
+        at a time: one round trip per group instead of one per path (a snapshot request
+        reads three keys per VBD before the freeze). Each item is the text, None if the
+        node does not exist, or the XenstoreValueError ``read`` would raise for it;
+        any other error (EACCES, a timeout) raises, as ``read`` does."""
+        values = []
+        for start in range(0, len(paths), READS_IN_FLIGHT):
+            group = paths[start:start + READS_IN_FLIGHT]
+            replies = self._exchange(Op.READ, "of {} paths".format(len(group)),
+                                     [_path(path) + NUL for path in group])
+            for path, reply in zip(group, replies):
+                try:
+                    values.append(_text(path, _payload(Op.READ, path, reply)))
+                except XenstoreNotFound:
+                    values.append(None)
+                except XenstoreValueError as error:
+                    values.append(error)
+        return values
 
     def read_or(self, path, default=None):
         """The value of ``path``, or ``default`` if it does not exist."""
