@@ -188,14 +188,16 @@ class _Channel:
         data = memoryview(_HEADER.pack(packet.op, packet.rq_id, packet.tx_id,
                                        packet.size) + packet.payload)
         while data:
-            # The Linux xenbus device's poll() never reports writable (its writes do not
-            # block): waiting for that would time out every request in a real domU.
-            if self._sock is not None and not _wait_fd(self.fd, deadline, write=True):
-                raise XenstoreTimeout(f"timed out sending to {self.name}")
+            # Written at once, waited on only when the socket's buffer is full: the
+            # Linux xenbus device's poll() never reports writable (its writes do not
+            # block), and a select() per request is a system call for nothing.
             try:
                 data = data[os.write(self.fd, data):]
-            except (BlockingIOError, InterruptedError):
+            except InterruptedError:
                 continue
+            except BlockingIOError:
+                if self._sock is not None and not _wait_fd(self.fd, deadline, write=True):
+                    raise XenstoreTimeout(f"timed out sending to {self.name}")
             except OSError as exc:
                 raise _Dropped(f"write to {self.name}: {exc}")
 
