@@ -10,7 +10,9 @@ import time
 import pytest
 
 from testbed.loopfs import is_frozen, run
+from testbed.waiting import wait_until
 from xe_quiesce.config import parse_config
+from xe_quiesce.core import freezer as freezer_module
 from xe_quiesce.core.freezer import NOT_ATTEMPTED, Freezer
 from xe_quiesce.core.journal import Journal
 from xe_quiesce.core.session import QuiesceSession, make_plan
@@ -344,9 +346,13 @@ def test_each_filesystem_is_synced_and_frozen_by_one_thread_started_before_the_w
     ops = RecordingOps()
     session = QuiesceSession(config, "cli", hooks=False, ops=ops)
     started = []
-    real_start = threading.Thread.start
-    monkeypatch.setattr(threading.Thread, "start",
-                        lambda thread: (started.append(thread.name), real_start(thread))[1])
+    real_start = freezer_module._thread.start_new_thread
+    monkeypatch.setattr(freezer_module._thread, "start_new_thread",
+                        lambda function, args: (started.append("worker"),
+                                                real_start(function, args))[1])
+    real_thread_start = threading.Thread.start
+    monkeypatch.setattr(threading.Thread, "start", lambda thread: (
+        started.append(thread.name), real_thread_start(thread))[1])
     real_freeze = Freezer.freeze
 
     def freeze(self, guard, deadline):
@@ -357,7 +363,7 @@ def test_each_filesystem_is_synced_and_frozen_by_one_thread_started_before_the_w
     session.start()
     try:
         assert started[-1] == "freeze() begins"
-        assert len([name for name in started if name.startswith("xe-quiesce-")]) == 3
+        assert started.count("worker") == 3
         by_fd = {}
         for call, fd, thread in ops.calls:
             by_fd.setdefault(fd, {})[call] = thread
@@ -376,12 +382,10 @@ def test_threads_started_for_a_freeze_that_never_comes_end_and_freeze_nothing(
     freezer = Freezer(plan)
     freezer.open()
     freezer.sync()
-    workers = list(freezer._workers)
-    assert len(workers) == 2 and all(thread.is_alive() for thread in workers)
+    ended = list(freezer._workers)
+    assert len(ended) == 2 and not any(event.is_set() for event in ended)
     freezer.close()
-    for thread in workers:
-        thread.join(10)
-    assert not any(thread.is_alive() for thread in workers)
+    assert all(event.wait(10) for event in ended)
     assert not is_frozen(a.mount_point) and not is_frozen(b.mount_point)
     assert [state.status for state in freezer.states] == [NOT_ATTEMPTED, NOT_ATTEMPTED]
 
@@ -440,3 +444,58 @@ def test_a_failed_freeze_gives_the_rcu_knob_back(loopfs, config_for):
     finally:
         ops.thaw(fd)
         ops.close(fd)
+
+
+class StuckOps(FsOps):
+    """A FIFREEZE of one mount that stays "in the kernel" until released, then fails
+    (the kernel cannot be made to hang on demand; the rest is real)."""
+
+    def __init__(self, stuck_point):
+        self.stuck_point = stuck_point
+        self.stuck_fd = None
+        self.release = threading.Event()
+
+    def open(self, mount_point):
+        fd = FsOps.open(self, mount_point)
+        if mount_point == self.stuck_point:
+            self.stuck_fd = fd
+        return fd
+
+    def freeze(self, fd):
+        if fd == self.stuck_fd:
+            self.release.wait(30)
+            raise OSError(5, "Input/output error")
+        FsOps.freeze(self, fd)
+
+
+class NoGuard(object):
+    """The guard's announce/retract, for a freezer driven without a session."""
+
+    def announce(self, index):
+        pass
+
+    def retract(self, index):
+        pass
+
+
+def test_a_fifreeze_still_running_at_the_deadline_fails_and_is_waited_for(
+        loopfs, config_for):
+    """At the deadline the freezer stops waiting for its workers: the session fails, what
+    froze is thawed, and stuck() keeps the guard until the late FIFREEZE returned."""
+    a, b = loopfs("ext4", name="a"), loopfs("xfs", name="b")
+    plan = make_plan(config_for([a.mount_point, b.mount_point]))
+    ops = StuckOps(b.mount_point)
+    freezer = Freezer(plan, ops=ops)
+    freezer.open()
+    try:
+        freezer.sync()
+        with pytest.raises(FreezeError, match="b: freeze failed: FIFREEZE did not return "
+                                              "before the deadline"):
+            freezer.freeze(NoGuard(), time.time() + 2)
+        assert not is_frozen(a.mount_point)
+        assert freezer.stuck()
+        ops.release.set()
+        wait_until(lambda: not freezer.stuck(), 10, "the late FIFREEZE to return")
+    finally:
+        ops.release.set()
+        freezer.close()
