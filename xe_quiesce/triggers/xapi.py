@@ -267,6 +267,11 @@ class XapiTrigger(object):
     def do_Rm(self, path):
         self.client.rm(path)
 
+    def do_Changes(self, changes):
+        self.client.change_all([("write", change.path, change.value)
+                                if isinstance(change, cv.Write) else ("rm", change.path)
+                                for change in changes])
+
     def do_Log(self, level, message):
         LOG.log(level, message)
 
