@@ -26,12 +26,17 @@ class FsOps(object):
 
         It proves the fd reached the planned mount and not the directory under it after
         an unmount: st_dev cannot, since btrfs reports per-subvolume devices there.
-        None on kernels before 3.15, which lack the field.
+        None on kernels before 3.15, which lack the field. Read with os calls, not a file
+        object: three system calls instead of seven, once per planned mount per session.
         """
-        with open("/proc/self/fdinfo/{}".format(fd)) as handle:
-            for line in handle:
-                if line.startswith("mnt_id:"):
-                    return int(line.split()[1])
+        info = os.open("/proc/self/fdinfo/{}".format(fd), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            data = os.read(info, 4096)
+        finally:
+            os.close(info)
+        for line in data.split(b"\n"):
+            if line.startswith(b"mnt_id:"):
+                return int(line.split()[1])
         return None
 
     def device(self, fd):
