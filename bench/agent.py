@@ -82,7 +82,7 @@ class StampedClient(object):
 
 class AgentRig(object):
     def __init__(self, name, workdir, xenstored, mounts, domid, sync_first=True,
-                 concurrent=True, xo=False, tls_dir=None, reaper=True):
+                 concurrent=True, xo=False, tls_dir=None, reaper=True, expedite=True):
         self.name = name
         self.reaper = reaper
         self.workdir = os.path.join(workdir, name)
@@ -98,6 +98,7 @@ class AgentRig(object):
         lines = ["[freeze]", "mounts = " + " ".join(self.mounts), "max-frozen = 60",
                  "sync-first = " + ("yes" if sync_first else "no"),
                  "concurrent = " + ("yes" if concurrent else "no"),
+                 "expedite-rcu = " + ("yes" if expedite else "no"),
                  "[hooks]", "dir = " + os.path.join(self.workdir, "no-hooks"),
                  "[state]", "run-dir = " + self.run_dir]
         if xo:

@@ -17,6 +17,7 @@ import time
 
 from testbed.waiting import stop_process
 from xe_quiesce.linux.fsops import FIFREEZE, FITHAW
+from xe_quiesce.linux.rcu import ExpeditedRcu
 
 
 def sample(window, latency, per_fs=None, **extra):
@@ -47,6 +48,18 @@ def raw_sequential(mounts):
             os.close(fd)
     return sample(max(thawed) - starts[0], frozen[-1] - starts[0],
                   [t - s for s, t in zip(starts, thawed)])
+
+
+def raw_sequential_expedited(mounts):
+    """The floor with the kernel's rcu_expedited at 1 around it, as our agent sets it."""
+    rcu = ExpeditedRcu()
+    if not rcu.ours:
+        raise RuntimeError("this machine's /sys/kernel/rcu_expedited is not a free 0")
+    rcu.engage()
+    try:
+        return raw_sequential(mounts)
+    finally:
+        rcu.release()
 
 
 def raw_concurrent(mounts):

@@ -26,6 +26,7 @@ from testbed.loopfs import is_frozen
 from testbed.xenstored import Xenstored
 from xe_quiesce import __version__, tls
 from xe_quiesce.linux.fsops import FIFREEZE, FITHAW, FsOps
+from xe_quiesce.linux.rcu import KNOB
 from xe_quiesce.triggers import control
 
 from . import idle, ktrace, others, scale
@@ -46,6 +47,18 @@ PROFILES = {
 VARIANTS = {"ours-control": (True, True), "ours-nosync": (False, True),
             "ours-seq": (True, False), "ours-nosync-seq": (False, False)}
 TRIGGERS = ("control", "cli", "frozen", "xenstore", "xo")
+
+
+def knob_left_alone(method):
+    """Every run must end with rcu_expedited back at 0, or the runs after it would be
+    flattered; a run that leaves it at 1 is an error (and the knob is put back)."""
+    path = os.path.join("/", KNOB)
+    with open(path) as handle:
+        if handle.read().strip() == "0":
+            return
+    with open(path, "w") as handle:
+        handle.write("0")
+    raise RuntimeError("{} left {} at 1".format(method, path))
 
 
 def say(text):
@@ -103,10 +116,11 @@ class Bench(object):
 
     # -- set-up -----------------------------------------------------------------------
 
-    def rig(self, name, mounts, sync_first=True, concurrent=True, xo=False, reaper=True):
+    def rig(self, name, mounts, sync_first=True, concurrent=True, xo=False, reaper=True,
+            expedite=True):
         rig = AgentRig(name, self.workspace.path, self.xenstored, mounts, self.next_domid,
                        sync_first=sync_first, concurrent=concurrent, xo=xo,
-                       tls_dir=self.workspace.sub("tls"), reaper=reaper)
+                       tls_dir=self.workspace.sub("tls"), reaper=reaper, expedite=expedite)
         self.next_domid += 1
         self.rigs[name] = rig
         return rig.start()
@@ -115,6 +129,7 @@ class Bench(object):
         largest = max(self.p["sizes"] + self.p["dirty_sizes"])
         say("creating {} loop filesystems (ext4/xfs alternating) on a tmpfs".format(
             largest + 1))
+        knob_left_alone("the machine before the bench")
         self.workspace = Workspace()
         # One more than the largest set: the filesystem "someone else" froze (phase 3).
         self.filesystems = self.workspace.make_set("fs", largest + 1)
@@ -129,6 +144,8 @@ class Bench(object):
             say("qemu-ga not installed: its rows are left out")
         for n in sorted(set(self.p["sizes"] + self.p["dirty_sizes"])):
             self.rig("ours-n{}".format(n), self.mounts[:n], xo=True)
+        for n in self.p["sizes"]:
+            self.rig("ours-noexp-n{}".format(n), self.mounts[:n], expedite=False)
         for n in self.p["dirty_sizes"]:
             for method, (sync_first, concurrent) in VARIANTS.items():
                 if method != "ours-control" and (concurrent or n > 1):
@@ -157,7 +174,8 @@ class Bench(object):
 
     def methods(self, n, unsynced):
         mounts = self.mounts[:n]
-        table = {"raw-seq": lambda: others.raw_sequential(mounts)}
+        table = {"raw-seq": lambda: others.raw_sequential(mounts),
+                 "raw-seq-exp": lambda: others.raw_sequential_expedited(mounts)}
         if n > 1:
             table["raw-conc"] = lambda: others.raw_concurrent(mounts)
         table["fsfreeze"] = lambda: others.fsfreeze_tool(mounts)
@@ -173,6 +191,7 @@ class Bench(object):
         else:
             for trigger in TRIGGERS:
                 table["ours-" + trigger] = (lambda t: lambda: default.run(t))(trigger)
+            table["ours-noexp"] = self.rigs["ours-noexp-n{}".format(n)].via_control
         return table
 
     def thaw_everything(self):
@@ -205,6 +224,7 @@ class Bench(object):
                     self.kernel_calls()
                     try:
                         result = table[name]()
+                        knob_left_alone(name)
                         kernel = self.kernel_calls()
                         if kernel is not None:
                             result["kernel"] = ktrace.summary(kernel)

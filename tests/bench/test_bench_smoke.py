@@ -33,7 +33,8 @@ def test_every_bench_phase_once(tmp_path):
 
     assert results["errors"] == []
     clean = results["clean"]["1"]
-    assert {"raw-seq", "fsfreeze"} | {"ours-" + t for t in TRIGGERS} <= set(clean)
+    assert {"raw-seq", "raw-seq-exp", "fsfreeze", "ours-noexp"} | {
+        "ours-" + t for t in TRIGGERS} <= set(clean)
     for method, samples in clean.items():
         assert len(samples) == 1 and 0 < samples[0]["window"] < 60, method
     ours = clean["ours-control"][0]
@@ -56,6 +57,7 @@ def test_every_bench_phase_once(tmp_path):
     page = Report(json.loads(out.read_text()), {}).render()
     assert "## Targets (issue 9)" in page and "None: every run" in page
     assert "## Targets (issue 18)" in page and "`frozen -- true` window" in page
+    assert "N = 1, expedite-rcu = no: window" in page
     if has_matplotlib():
         subprocess.run([SYSTEM_PYTHON, "-m", "bench.plot", str(out), str(tmp_path)],
                        cwd=REPO, check=True)
