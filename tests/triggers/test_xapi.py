@@ -406,6 +406,9 @@ def test_sigterm_while_frozen_thaws_reports_and_exits(rig):
     with pytest.raises(XapiError) as caught:
         rig.snapshot()
     assert "stopped" in caught.value.params[1]
+    # The host has its answer before the daemon unadvertises and exits (take waits for
+    # the exit in the snapshot thread, not here).
+    assert rig.daemon.wait(10) == 0
     assert rig.probes == [[True, True]] and rig.frozen_now() == [False, False]
     assert rig.read("control/feature-quiesce") == "0"
     assert rig.read("data/xe-quiesce/state") is None
