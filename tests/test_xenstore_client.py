@@ -16,7 +16,6 @@ from pyxs.exceptions import PyXSError
 
 from testbed.waiting import wait_until
 from xe_quiesce.xenstore import (
-    IN_FLIGHT,
     XenstoreClient,
     XenstoreConnectionError,
     XenstoreError,
@@ -60,8 +59,6 @@ def exercise_api(c, base):
     assert c.read_or(f"{base}/nope", "dflt") == "dflt"
     with pytest.raises(XenstoreNotFound):
         c.read(f"{base}/nope")
-    exercise_read_all(c, f"{base}/many")
-    exercise_change_all(c, f"{base}/changes")
     c.set_perms(f"{base}/a", ["n5", "r0"])
     assert c.get_perms(f"{base}/a") == ["n5", "r0"]
     assert c.get_domain_path(5) == "/local/domain/5"
@@ -69,39 +66,6 @@ def exercise_api(c, base):
     c.rm(f"{base}/a")  # ENOENT is ignored
     assert not c.exists(f"{base}/a")
     assert c.ls(f"{base}/dir") == []
-
-
-def exercise_read_all(c, base):
-    """Pipelined reads: more than one group in flight, answers in the order asked, a
-    missing node and a garbage value in the middle not shifting the others."""
-    paths = [f"{base}/{i}" for i in range(2 * IN_FLIGHT + 3)]
-    for i, path in enumerate(paths):
-        c.write(path, str(i))
-    c.write_bytes(f"{base}/bad", b"\xff\xfe")
-    middle = IN_FLIGHT - 1  # the garbage and the missing node straddle a group
-    got = c.read_all(paths[:middle] + [f"{base}/bad", f"{base}/nope"] + paths[middle:])
-    assert got[:middle] + got[middle + 2:] == [str(i) for i in range(len(paths))]
-    assert isinstance(got[middle], XenstoreValueError) and "not text" in str(got[middle])
-    assert got[middle + 1] is None
-    assert c.read_all([]) == []
-    c.rm(base)
-
-
-def exercise_change_all(c, base):
-    """Pipelined writes and removals: applied in order, more than one group; a missing
-    node to remove is no error; a value xenstore cannot take stops all before sending."""
-    c.write(f"{base}/old", "x")
-    paths = [f"{base}/{i}" for i in range(IN_FLIGHT + 3)]
-    c.change_all([("rm", f"{base}/old"), ("rm", f"{base}/never")] +
-                 [("write", path, str(i)) for i, path in enumerate(paths)] +
-                 [("write", f"{base}/empty", ""), ("rm", f"{base}/1")])
-    assert not c.exists(f"{base}/old") and not c.exists(f"{base}/1")
-    assert c.read_all(paths[2:] + [f"{base}/empty"]) == [
-        str(i) for i in range(2, len(paths))] + [""]
-    with pytest.raises(XenstoreValueError):  # refused before anything is sent
-        c.change_all([("write", f"{base}/c", "ok"), ("write", f"{base}/d", "\x01")])
-    assert not c.exists(f"{base}/c")
-    c.rm(base)
 
 
 def exercise_watch(c, base):
@@ -268,15 +232,6 @@ def test_oversized_request_is_refused(client):
         client.write("/big", "x" * 5000)
 
 
-def test_a_refused_change_raises_once_every_reply_is_read(client):
-    """C xenstored refuses to remove /: the error comes after all replies (the stream stays
-    in step for the next call), and the changes after it were applied."""
-    with pytest.raises(XenstoreError, match="RM /: EINVAL"):
-        client.change_all([("write", "/r/a", "1"), ("rm", "/"), ("write", "/r/b", "2")])
-    assert client.read_all(["/r/a", "/r/b"]) == ["1", "2"]
-    assert client.read("/r/a") == "1"
-
-
 def test_xenstore_errors_carry_their_code(client):
     client.write("/f", "1")
     with pytest.raises(XenstoreError) as info:
@@ -423,10 +378,6 @@ def in_background(call):
 NOT_IDEMPOTENT = {
     "write": (lambda c: c.write("/V/status", "create-snapshots"), "create-snapshots"),
     "rm": (lambda c: c.rm("/V/status"), None),
-    # The status last of a pipelined group: sent (and applied) after the others.
-    "change_all": (lambda c: c.change_all([("write", "/V/x", "1"), ("rm", "/V/y"),
-                                           ("write", "/V/status", "create-snapshots")]),
-                   "create-snapshots"),
 }
 
 
@@ -469,27 +420,6 @@ def test_read_in_flight_at_a_drop_is_resent(xenbus_emulator, xenstored):
     emulator.drop()
     pending["thread"].join(5)
     assert pending.get("result") == "1", pending
-    assert reads() == 2
-    guest.close()
-
-
-def test_pipelined_reads_in_flight_at_a_drop_are_all_resent(xenbus_emulator, xenstored):
-    emulator = xenbus_emulator(events_first=True, hold=1.0)
-    guest = bus_client(emulator, timeout=5.0)
-    paths = ["/V/p{}".format(i) for i in range(IN_FLIGHT + 4)]
-    with XenstoreClient(xenstored.uri) as dom0:
-        for i, path in enumerate(paths):
-            dom0.write(path, str(i))
-
-    def reads():
-        with open(xenstored.trace_path) as trace:
-            return trace.read().count("READ (/V/p0 )")
-
-    pending = in_background(lambda: guest.read_all(paths))
-    wait_until(lambda: reads() == 1, 5.0, "xenstored to get the first group")
-    emulator.drop()
-    pending["thread"].join(10)
-    assert pending.get("result") == [str(i) for i in range(len(paths))], pending
     assert reads() == 2
     guest.close()
 

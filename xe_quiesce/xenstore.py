@@ -13,10 +13,7 @@ and permission checks) and owns the connection and the routing itself:
 
 - one request in flight at a time; the reply is the next packet of the request's
   type (or ERROR), whatever its req_id; WATCH_EVENT packets go to the event queue
-  whatever order they come in. The exceptions are ``read_all`` and ``change_all``:
-  their requests go IN_FLIGHT at a time and their replies are taken in order
-  (xenstored answers one connection's requests in order, and the Linux device queues
-  the replies of one open file in the order they come);
+  whatever order they come in;
 - every request has a deadline (``timeout``) and raises ``XenstoreTimeout`` after it.
   A timed-out connection is closed, so a late reply can never be taken as the answer
   to a later request;
@@ -62,10 +59,6 @@ _HEADER = Packet._struct  # four native uint32: type, req_id, tx_id, len
 _EVENT_QUEUE_MAX = 4096
 _BACKOFF_FIRST = 0.05
 _BACKOFF_MAX = 1.0
-# read_all's and change_all's requests in flight at once: well under the
-# outstanding-request quota of C xenstored (-Q outstanding, 20 by default since XSA-326)
-# a domain may have.
-IN_FLIGHT = 16
 # An unbounded wait_event still gives up reconnecting after this long, so that its
 # caller can look at its stop flag while xenstore is unreachable.
 _RECONNECT_STEP = 1.0
@@ -292,36 +285,6 @@ def _token(token):
     return raw
 
 
-def _request_of(op, what, args):
-    """``(op, payload)`` of one request, refused when xenstore could not take it."""
-    payload = b"".join(arg + NUL for arg in args)
-    if op == Op.WRITE:  # the value is raw, with no trailing NUL
-        payload = payload[:-1]
-    if len(payload) > PAYLOAD_MAX:
-        raise XenstoreValueError(
-            f"{Op._fields[op]} {what}: request of {len(payload)} bytes exceeds the "
-            f"{PAYLOAD_MAX}-byte xenstore limit")
-    return op, payload
-
-
-def _payload(op, what, reply):
-    """A reply packet's payload, or the XenstoreError its ERROR names."""
-    if reply[0] == Op.ERROR:
-        code = reply[3].rstrip(NUL).decode("ascii", "replace")
-        number = getattr(errno, code, None)
-        reason = f" ({os.strerror(number)})" if isinstance(number, int) else ""
-        raise _ERRORS.get(code, XenstoreError)(
-            f"xenstore {Op._fields[op]} {what}: {code}{reason}", code)
-    return reply[3]
-
-
-def _text(path, raw):
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise XenstoreValueError(f"value of {path} is not text: {raw[:64]!r}")
-
-
 class XenstoreClient:
     """A single-threaded xenstore client over xenbus or a xenstored unix socket."""
 
@@ -430,30 +393,15 @@ class XenstoreClient:
     # -- requests --------------------------------------------------------------
 
     def _transact(self, op, payload, deadline):
-        """Send one request on the open channel and return its reply packet."""
-        return self._transact_all([(op, payload)], deadline)[0]
+        """Send one request on the open channel and return its reply packet.
 
-    def _transact_all(self, requests, deadline):
-        """Send ``(op, payload)`` requests on the open channel, then return their reply
-        packets in order.
-
-        A reply is the first non-event packet of the request's type or ERROR: req_id
-        is not trusted (0 for made-up WATCH replies, a kernel counter on 4.11-era
-        kernels). Raises _Dropped (``sent``: a request may have reached xenstored) or
-        XenstoreTimeout.
+        The reply is the first non-event packet of the request's type or ERROR:
+        req_id is not trusted (0 for made-up WATCH replies, a kernel counter on
+        4.11-era kernels). Raises _Dropped or XenstoreTimeout.
         """
-        sent = []
-        for op, payload in requests:
-            self._next_rq_id = self._next_rq_id % 0xFFFFFFFF + 1
-            try:
-                self._channel.send(Packet(op, payload, self._next_rq_id, 0), deadline)
-            except _Dropped as exc:
-                exc.sent = bool(sent)
-                raise
-            sent.append((op, self._next_rq_id))
-        return [self._reply(op, rq_id, deadline) for op, rq_id in sent]
-
-    def _reply(self, op, rq_id, deadline):
+        self._next_rq_id = self._next_rq_id % 0xFFFFFFFF + 1
+        rq_id = self._next_rq_id
+        self._channel.send(Packet(op, payload, rq_id, 0), deadline)
         while True:
             try:
                 packet = self._channel.recv(deadline)
@@ -476,30 +424,39 @@ class XenstoreClient:
 
     def _request(self, op, what, *args):
         """Run one request to completion (reconnecting as needed); return its payload."""
-        reply = self._exchange(Op._fields[op] + " " + what, [_request_of(op, what, args)])[0]
-        return _payload(op, what, reply)
-
-    def _exchange(self, what, requests):
-        """Send ``(op, payload)`` requests and return their reply packets, reconnecting
-        as needed; after a drop they are sent again only if safe (see the module's
-        docstring): never when one that may have been applied is not idempotent."""
+        payload = b"".join(arg + NUL for arg in args)
+        if op == Op.WRITE:  # the value is raw, with no trailing NUL
+            payload = payload[:-1]
+        if len(payload) > PAYLOAD_MAX:
+            raise XenstoreValueError(
+                f"{Op._fields[op]} {what}: request of {len(payload)} bytes exceeds the "
+                f"{PAYLOAD_MAX}-byte xenstore limit")
         deadline = time.monotonic() + self.timeout
         while True:
             self._ensure_connected(deadline)
             try:
-                return self._transact_all(requests, deadline)
+                reply = self._transact(op, payload, deadline)
+                break
             except _Dropped as exc:
-                LOG.warning("xenstore connection lost during %s: %s", what, exc)
+                LOG.warning("xenstore connection lost during %s %s: %s",
+                            Op._fields[op], what, exc)
                 self._drop()
-                if exc.sent and any(op not in _IDEMPOTENT for op, _ in requests):
+                if exc.sent and op not in _IDEMPOTENT:
                     raise XenstoreConnectionError(
-                        f"xenstore {what}: the connection to "
+                        f"xenstore {Op._fields[op]} {what}: the connection to "
                         f"{self.uri} was lost after the request was sent; its outcome "
                         "is unknown and it was not re-sent (a newer value may be "
                         f"there now): {exc}")
             except XenstoreTimeout:
                 self._drop()
                 raise
+        if reply[0] == Op.ERROR:
+            code = reply[3].rstrip(NUL).decode("ascii", "replace")
+            number = getattr(errno, code, None)
+            reason = f" ({os.strerror(number)})" if isinstance(number, int) else ""
+            raise _ERRORS.get(code, XenstoreError)(
+                f"xenstore {Op._fields[op]} {what}: {code}{reason}", code)
+        return reply[3]
 
     def _register(self, path, token, deadline):
         """Send WATCH on the open channel (used at re-registration time)."""
@@ -595,32 +552,11 @@ class XenstoreClient:
     def read(self, path):
         """The value of ``path`` as text; raises ``XenstoreNotFound``, or
         ``XenstoreValueError`` if the value is not UTF-8."""
-        return _text(path, self.read_bytes(path))
-
-    def read_all(self, paths):
-        """The values of ``paths`` as ``read_or`` gives them, in one round trip per
-        IN_FLIGHT paths instead of one per path (a snapshot request reads three keys
-        per VBD before the freeze). Each item is the text, None if the node does not
-        exist, or the XenstoreValueError ``read`` would raise for it; any other error
-        (EACCES, a timeout) raises, as ``read`` does."""
-        replies = self._pipelined("READ", [(Op.READ, _path(path) + NUL) for path in paths])
-        values = []
-        for path, reply in zip(paths, replies):
-            try:
-                values.append(_text(path, _payload(Op.READ, path, reply)))
-            except XenstoreNotFound:
-                values.append(None)
-            except XenstoreValueError as error:
-                values.append(error)
-        return values
-
-    def _pipelined(self, what, requests):
-        """The reply packets of ``(op, payload)`` requests, sent IN_FLIGHT at a time."""
-        replies = []
-        for start in range(0, len(requests), IN_FLIGHT):
-            group = requests[start:start + IN_FLIGHT]
-            replies += self._exchange("{} of {} requests".format(what, len(group)), group)
-        return replies
+        raw = self.read_bytes(path)
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise XenstoreValueError(f"value of {path} is not text: {raw[:64]!r}")
 
     def read_or(self, path, default=None):
         """The value of ``path``, or ``default`` if it does not exist."""
@@ -628,24 +564,6 @@ class XenstoreClient:
             return self.read(path)
         except XenstoreNotFound:
             return default
-
-    def change_all(self, changes):
-        """Independent changes in one round trip per IN_FLIGHT: ``("write", path,
-        value)`` as ``write`` and ``("rm", path)`` as ``rm`` (a missing node is no
-        error). xenstored applies them in the list's order; every reply is read, then the
-        first error raises, so a change after a failed one may have been applied: only
-        for changes no later one depends on."""
-        requests = [_request_of(Op.WRITE, change[1], (_path(change[1]),
-                                                      _value(change[1], change[2])))
-                    if change[0] == "write" else (Op.RM, _path(change[1]) + NUL)
-                    for change in changes]
-        replies = self._pipelined("WRITE/RM", requests)
-        for change, (op, _), reply in zip(changes, requests, replies):
-            try:
-                _payload(op, change[1], reply)
-            except XenstoreNotFound:
-                if op != Op.RM:
-                    raise
 
     def write(self, path, value):
         """Write printable ASCII ``value`` (may be empty) to ``path``."""

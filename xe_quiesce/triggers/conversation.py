@@ -10,9 +10,7 @@ transition and every failure path be tested without xenstored or a filesystem.
 returned) and returns the commands to run, in order. A command that produces a
 result (`ReadVss`, `ReadVbds`, `StartSession`, `Thaw`, `ReadResult`) is always the
 last of its batch; the adapter feeds its result back as the next event. If a xenstore
-command fails, the adapter drops the rest of the batch and feeds `IoFailed`. `Changes`
-holds Rm and Write commands that no later one of them depends on: the adapter sends
-them at once (one round trip), and if one fails, the others may have been applied.
+command fails, the adapter drops the rest of the batch and feeds `IoFailed`.
 
 Paths: `D` the guest's home, `C` = `D/control/snapshot`, `V` = the value of `D/vss`.
 This machine never asks for `create-snapshotinfo` (contract section e.1).
@@ -94,7 +92,6 @@ IoFailed = collections.namedtuple("IoFailed", "message")
 # -- commands (out) -----------------------------------------------------------------
 Write = collections.namedtuple("Write", "path value")
 Rm = collections.namedtuple("Rm", "path")
-Changes = collections.namedtuple("Changes", "changes")        # independent Rm/Write
 Log = collections.namedtuple("Log", "level message")
 Publish = collections.namedtuple("Publish", "state")          # best effort
 Advertise = collections.namedtuple("Advertise", "")           # best effort
@@ -287,11 +284,10 @@ class Conversation(object):
             self.disks = select_disks(event.vbds)
         except RequestError as error:
             return self._fail(ERR_REQUEST, str(error))
-        # V cleaned, then one empty node per disk VDI: the set snapwatchd counts (contract
-        # 2.4, 2.11); it acts on none of them before V/status, written after the freeze.
-        changes = [Rm(self.vss + "/" + key) for key in CLEANED]
-        changes += [Write("{}/snapshot/{}".format(self.vss, vdi), "") for _, vdi in self.disks]
-        commands = [Changes(tuple(changes))] + self._to(QUIESCING)
+        commands = [Rm(self.vss + "/" + key) for key in CLEANED]
+        # One empty node per disk VDI: the set snapwatchd counts (contract 2.4, 2.11).
+        commands += [Write("{}/snapshot/{}".format(self.vss, vdi), "") for _, vdi in self.disks]
+        commands += self._to(QUIESCING)
         commands.append(StartSession([devid for devid, _ in self.disks]))
         return commands
 

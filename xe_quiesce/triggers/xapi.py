@@ -267,11 +267,6 @@ class XapiTrigger(object):
     def do_Rm(self, path):
         self.client.rm(path)
 
-    def do_Changes(self, changes):
-        self.client.change_all([("write", change.path, change.value)
-                                if isinstance(change, cv.Write) else ("rm", change.path)
-                                for change in changes])
-
     def do_Log(self, level, message):
         LOG.log(level, message)
 
@@ -348,29 +343,25 @@ class XapiTrigger(object):
         return perms[0][1:] if perms else None
 
     def do_ReadVbds(self):
-        """Every VBD's raw values in two waves of pipelined reads (client.read_all):
-        the frontends' device-type and backend, then the backends' vdi-uuid. Garbage is
-        recorded in a node's `error`, judged by the machine."""
         base = self._home("device/vbd")
         try:
             devids = self.client.ls(base)
         except XenstoreNotFound:
             devids = []
-        fronts = self.client.read_all(["{}/{}/{}".format(base, devid, key)
-                                       for devid in devids
-                                       for key in ("device-type", "backend")])
-        pairs = list(zip(fronts[0::2], fronts[1::2]))
-        backends = [backend if isinstance(backend, str) and cv.XS_PATH_RE.match(backend)
-                    else None for _, backend in pairs]
-        vdis = iter(self.client.read_all([backend + "/sm-data/vdi-uuid"
-                                          for backend in backends if backend]))
-        nodes = []
-        for devid, values, backend in zip(devids, pairs, backends):
-            values += (next(vdis) if backend else None,)
-            garbage = [value for value in values if isinstance(value, XenstoreValueError)]
-            nodes.append(cv.VbdNode(devid, None, None, None, str(garbage[0])) if garbage
-                         else cv.VbdNode(devid, *values, None))
-        return cv.VbdsRead(nodes)
+        return cv.VbdsRead([self._read_vbd(base, devid) for devid in devids])
+
+    def _read_vbd(self, base, devid):
+        """One VBD's raw values; garbage is recorded in `error`, judged by the machine."""
+        frontend = "{}/{}".format(base, devid)
+        try:
+            device_type = self.client.read_or(frontend + "/device-type")
+            backend = self.client.read_or(frontend + "/backend")
+            vdi = None
+            if backend is not None and cv.XS_PATH_RE.match(backend):
+                vdi = self.client.read_or(backend + "/sm-data/vdi-uuid")
+        except XenstoreValueError as error:
+            return cv.VbdNode(devid, None, None, None, str(error))
+        return cv.VbdNode(devid, device_type, backend, vdi, None)
 
     def do_StartSession(self, devids):
         try:
