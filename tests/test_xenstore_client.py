@@ -5,12 +5,15 @@ pyxs tests show the quirks are real: plain pyxs 0.4.1 hangs on them.
 """
 import contextlib
 import copy
+import os
 import socket
+import struct
 import threading
 import time
 
 import pytest
 import pyxs
+from pyxs._internal import Op
 from pyxs.client import Monitor
 from pyxs.exceptions import PyXSError
 
@@ -122,6 +125,7 @@ def test_api_and_watch(transport):
     emulator = transport.emulator
     if emulator is None:
         return
+    assert emulator.overlapped == 0, "a request written before the last one was answered"
     sent = emulator.sent
     if emulator.zero_watch_ids:
         assert (WATCH, 0, 0) in sent
@@ -422,6 +426,19 @@ def test_read_in_flight_at_a_drop_is_resent(xenbus_emulator, xenstored):
     assert pending.get("result") == "1", pending
     assert reads() == 2
     guest.close()
+
+
+def test_the_emulator_sees_a_request_sent_before_the_last_reply(xenbus_emulator):
+    """The check test_api_and_watch relies on: two requests written back to back (what
+    the real device mangles) are counted."""
+    emulator = xenbus_emulator()
+    fd = os.open(emulator.path, os.O_RDWR | os.O_NOCTTY)
+    try:
+        for rq_id in (1, 2):
+            os.write(fd, struct.pack("IIII", Op.READ, rq_id, 0, 2) + b"/\0")
+        wait_until(lambda: emulator.overlapped == 1, 5, "the second request seen")
+    finally:
+        os.close(fd)
 
 
 def test_write_not_sent_before_a_drop_is_sent_after_reconnecting(xenbus_emulator):

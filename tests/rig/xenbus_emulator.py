@@ -26,6 +26,12 @@ Quirks, each switchable per instance, reproduce what breaks naive clients:
   watches get relative event paths, so a client sees a guest-like view (no guest
   permissions: upstream is still a dom0 connection).
 
+One rule of the device is checked, not reproduced: a request written before the last
+one's reply was read is counted in ``overlapped``. The real device sends the last
+request's body from the open file's one message buffer, which the next write()
+overwrites (xenbus_dev_request_and_reply: ``vec->iov_base = msg + 1``): seen under real
+Xen as mangled requests, a reply never given and a WATCH hung in the kernel.
+
 ``drop()`` hangs up the client (its reads see EOF, its writes EIO), as a xenstored
 restart or a suspend/resume would; the upstream connection closing does the same.
 """
@@ -107,6 +113,8 @@ class XenbusEmulator:
         self.sessions_opened = 0
         #: Headers ``(op, rq_id, tx_id)`` of everything sent to the client, in order.
         self.sent = []
+        #: Requests the client wrote while an earlier one was still unanswered.
+        self.overlapped = 0
         self._next_rq_id = 0x10000
         self._next_token = 0
         self._drop_requested = threading.Event()
@@ -218,6 +226,8 @@ class XenbusEmulator:
         return path
 
     def _from_client(self, session, op, rq_id, tx_id, payload):
+        if session.pending or session.held:
+            self.overlapped += 1
         if op in (WATCH, UNWATCH):
             self._watch_op(session, op, rq_id, tx_id, payload)
             return
