@@ -35,7 +35,7 @@ STEPS = [("transport", "request to session start"),
          ("prepare", "lock, journal, plan"),
          ("open", "open + check fds"),
          ("sync", "syncfs pass"),
-         ("guard", "fork deadline guard"),
+         ("guard", "arm deadline guard"),
          ("arm", "journal, to 1st FIFREEZE"),
          ("freeze", "1st FIFREEZE to last done")]
 IDLE_WAKEUPS_OK = 0.1  # per second: "no periodic wake-ups of its own"

@@ -31,8 +31,8 @@ it when fd i is not ours after all (EOPNOTSUPP, tolerated EBUSY, error). A memor
 so the guard is not woken beside a FIFREEZE; it reads the flags when it acts. One more
 byte, after the fds', is set while the owner holds the kernel's rcu_expedited knob at 1
 (linux/rcu.py); the header's "rcu" names the knob, and a guard that acts while that byte
-is set puts the knob back to 0. On the
-session's socket: the guard answers "armed"; the owner sends "D" when it exits on purpose
+is set puts the knob back to 0.
+On the session's socket: the guard answers "armed"; the owner sends "D" when it exits on purpose
 and leaves the deadline to the guard (CLI freeze), "X" when released (the guard closes
 the session's fds, then its end of the socket: the owner sees EOF). The guard exits once
 its own socket is closed and no session is left.

@@ -4,10 +4,11 @@ Why: a FIFREEZE of a clean filesystem is mostly waiting. freeze_super() takes th
 superblock's three freeze levels one after the other, and each (percpu_down_write ->
 rcu_sync_enter) waits for a full RCU grace period; one already under way, started by
 whatever freed an inode, a memory mapping or a task just before, must end first. On an
-idle 2-core guest at HZ=250 that is 20-35 ms of a 24 ms median FIFREEZE, the same for
-every tool. With the kernel's rcu_expedited knob at 1, synchronize_rcu() is expedited
-(the other CPUs are interrupted to report a quiescent state instead of being waited for),
-with the same guarantees, and that FIFREEZE takes well under a millisecond.
+idle 2-core guest at HZ=250 that is nearly all of a clean filesystem's FIFREEZE (24 ms
+median, 20-35 ms, for every tool alike: docs/benchmarks.md). With the kernel's
+rcu_expedited knob at 1, synchronize_rcu() is expedited (the other CPUs are interrupted
+to report a quiescent state instead of being waited for), with the same guarantees, and
+that FIFREEZE takes 0.3 ms.
 
 The knob is system-wide, so it is set only around the FIFREEZE calls and only when it is
 0 and writable: an admin's 1 is left alone, a read-only /sys (a container) is no
