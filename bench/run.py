@@ -25,8 +25,8 @@ import types
 from testbed.loopfs import is_frozen
 from testbed.xenstored import Xenstored
 from xe_quiesce import __version__, tls
+from xe_quiesce.linux import rcu
 from xe_quiesce.linux.fsops import FIFREEZE, FITHAW, FsOps
-from xe_quiesce.linux.rcu import KNOB
 from xe_quiesce.triggers import control
 
 from . import idle, ktrace, others, scale
@@ -52,12 +52,10 @@ TRIGGERS = ("control", "cli", "frozen", "xenstore", "xo")
 def knob_left_alone(method):
     """Every run must end with rcu_expedited back at 0, or the runs after it would be
     flattered; a run that leaves it at 1 is an error (and the knob is put back)."""
-    path = os.path.join("/", KNOB)
-    with open(path) as handle:
-        if handle.read().strip() == "0":
-            return
-    with open(path, "w") as handle:
-        handle.write("0")
+    path = rcu.knob_path()
+    if rcu.current(path) == "0":
+        return
+    rcu.restore(path)
     raise RuntimeError("{} left {} at 1".format(method, path))
 
 

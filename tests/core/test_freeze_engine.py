@@ -17,7 +17,9 @@ from xe_quiesce.core.freezer import NOT_ATTEMPTED, Freezer
 from xe_quiesce.core.journal import Journal
 from xe_quiesce.core.session import QuiesceSession, make_plan
 from xe_quiesce.errors import BusyError, FreezeError
+from xe_quiesce.linux import rcu
 from xe_quiesce.linux.fsops import FsOps
+from xe_quiesce.linux.rcu import ExpeditedRcu
 
 WRITER = "import os,sys; f=open(sys.argv[1],'w'); f.write('x'); f.flush(); os.fsync(f.fileno())"
 
@@ -390,12 +392,11 @@ def test_threads_started_for_a_freeze_that_never_comes_end_and_freeze_nothing(
     assert [state.status for state in freezer.states] == [NOT_ATTEMPTED, NOT_ATTEMPTED]
 
 
-REAL_KNOB = "/sys/kernel/rcu_expedited"
+REAL_KNOB = rcu.knob_path()
 
 
 def real_knob():
-    with open(REAL_KNOB) as handle:
-        return handle.read().strip()
+    return rcu.current(REAL_KNOB)
 
 
 class KnobWatchingOps(FsOps):
@@ -415,7 +416,7 @@ def test_rcu_grace_periods_are_expedited_only_while_the_fifreezes_run(
         loopfs, config_for, setting, during, count):
     """The machine's knob is 1 at every FIFREEZE (one or several threads) and 0 again
     once they returned, before the hold; `expedite-rcu = no` leaves it at 0."""
-    if real_knob() != "0" or not os.access(REAL_KNOB, os.W_OK):
+    if not ExpeditedRcu().ours:
         pytest.skip("this machine's rcu_expedited is not a free 0")
     mounts = [loopfs("ext4", name="r{}".format(i)).mount_point for i in range(count)]
     ops = KnobWatchingOps()
@@ -432,7 +433,7 @@ def test_rcu_grace_periods_are_expedited_only_while_the_fifreezes_run(
 
 def test_a_failed_freeze_gives_the_rcu_knob_back(loopfs, config_for):
     fs = loopfs("ext4")
-    if real_knob() != "0" or not os.access(REAL_KNOB, os.W_OK):
+    if not ExpeditedRcu().ours:
         pytest.skip("this machine's rcu_expedited is not a free 0")
     ops = FsOps()
     fd = ops.open(fs.mount_point)

@@ -25,18 +25,13 @@ class ExpeditedRcu(object):
     `engage()` and `release()` around the FIFREEZE calls, which do nothing unless `ours`."""
 
     def __init__(self, wanted=True, root="/"):
-        self.path = os.path.join(root, KNOB)
+        self.path = knob_path(root)
         self.ours = wanted and self._free()
         self.engaged = False
 
     def _free(self):
         """The knob is 0 and writable: setting it is ours, and so is putting it back."""
-        try:
-            with open(self.path) as handle:
-                value = handle.read().strip()
-        except OSError:
-            return False
-        return value == "0" and os.access(self.path, os.W_OK)
+        return current(self.path) == "0" and os.access(self.path, os.W_OK)
 
     def engage(self):
         if self.ours:
@@ -46,6 +41,19 @@ class ExpeditedRcu(object):
         if self.engaged:
             self.engaged = False
             _write(self.path, "0")
+
+
+def knob_path(root="/"):
+    return os.path.join(root, KNOB)
+
+
+def current(path):
+    """The knob's value ("0", "1"), or None where the kernel has none."""
+    try:
+        with open(path) as handle:
+            return handle.read().strip()
+    except OSError:
+        return None
 
 
 def restore(path):
