@@ -485,7 +485,6 @@ class GuardProcess(object):
             armed.report = {"session": armed.session_id, "reason": reason, "at": time.time(),
                             "thawed": [], "not_frozen": [], "errors": {}}
         report = armed.report
-        armed.restore_rcu()
         acted = False
         for index in reversed(armed.announced()):
             point = armed.points[index]
@@ -498,6 +497,7 @@ class GuardProcess(object):
                     report["not_frozen"].append(point)
             except OSError as error:
                 report["errors"][point] = errno.errorcode.get(error.errno, str(error.errno))
+        armed.restore_rcu()  # after the thaws: nothing comes before them
         if acted or reason != "recheck":
             _write_report(armed.report_path, report)
 
