@@ -7,7 +7,6 @@ import contextlib
 import copy
 import os
 import socket
-import struct
 import threading
 import time
 
@@ -18,6 +17,7 @@ from pyxs.client import Monitor
 from pyxs.exceptions import PyXSError
 
 from testbed.waiting import wait_until
+from tests.rig.xenbus_emulator import HEADER
 from xe_quiesce.xenstore import (
     XenstoreClient,
     XenstoreConnectionError,
@@ -435,7 +435,7 @@ def test_the_emulator_sees_a_request_sent_before_the_last_reply(xenbus_emulator)
     fd = os.open(emulator.path, os.O_RDWR | os.O_NOCTTY)
     try:
         for rq_id in (1, 2):
-            os.write(fd, struct.pack("IIII", Op.READ, rq_id, 0, 2) + b"/\0")
+            os.write(fd, HEADER.pack(Op.READ, rq_id, 0, 2) + b"/\0")
         wait_until(lambda: emulator.overlapped == 1, 5, "the second request seen")
     finally:
         os.close(fd)
